@@ -1,0 +1,100 @@
+"""What the kernel-side Activity hands to delivery: closed time windows and completions.
+
+These are plain, immutable values in the shape of the Timeback SDK's heartbeat and submit
+bodies (camelCase names live only in `as_body`). Delivery turns them into Caliper events.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Union
+
+
+@dataclass(frozen=True)
+class ActivityRef:
+    """Which activity a record belongs to: the slug, display name and course selector."""
+
+    id: str
+    name: str
+    course: Mapping[str, Any]  # {"subject": "Math", "grade": 3} or {"code": "CS-101"}
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """One closed heartbeat window: ``elapsed_ms + paused_ms == ended - started`` (ms)."""
+
+    activity: ActivityRef
+    run_id: str
+    started_at: str  # ISO-8601 UTC with milliseconds and "Z"
+    ended_at: str
+    elapsed_ms: int  # active milliseconds
+    paused_ms: int  # inactive (hidden, paused or no page) milliseconds
+
+    def as_body(self) -> dict[str, Any]:
+        """The SDK's heartbeat request body for this window."""
+        return {
+            "id": self.activity.id,
+            "name": self.activity.name,
+            "course": dict(self.activity.course),
+            "runId": self.run_id,
+            "startedAt": self.started_at,
+            "endedAt": self.ended_at,
+            "elapsedMs": self.elapsed_ms,
+            "pausedMs": self.paused_ms,
+        }
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The end of a run with results (`end(metrics)` or `record()`)."""
+
+    activity: ActivityRef
+    run_id: str | None
+    ended_at: str  # ISO-8601 with a zone, sent unchanged as eventTime
+    metrics: Mapping[str, Any]  # validated, camelCase; pctComplete included when known
+
+    def as_body(self) -> dict[str, Any]:
+        metrics = {k: v for k, v in self.metrics.items() if k != "pctComplete"}
+        body: dict[str, Any] = {
+            "id": self.activity.id,
+            "name": self.activity.name,
+            "course": dict(self.activity.course),
+            "runId": self.run_id,
+            "endedAt": self.ended_at,
+            "metrics": metrics,
+        }
+        if "pctComplete" in self.metrics:
+            body["pctComplete"] = self.metrics["pctComplete"]
+        return body
+
+
+Record = Union[TimeWindow, Completion]
+
+
+class Sink(Protocol):
+    """Where an Activity hands its records, in order. Must be quick and must not raise."""
+
+    def emit(self, record: Record) -> None: ...
+
+
+@dataclass
+class MemorySink:
+    """Keeps records in a list; the sink of tests and of runs with no delivery configured."""
+
+    records: list[Record] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def emit(self, record: Record) -> None:
+        with self._lock:
+            self.records.append(record)
+
+    @property
+    def windows(self) -> list[TimeWindow]:
+        with self._lock:
+            return [r for r in self.records if isinstance(r, TimeWindow)]
+
+    @property
+    def completions(self) -> list[Completion]:
+        with self._lock:
+            return [r for r in self.records if isinstance(r, Completion)]
