@@ -1,0 +1,52 @@
+"""Time sources. Durations come from the monotonic clock; wall time only stamps ISO strings.
+
+A run takes one `WallAnchor` at its start and stamps every instant as anchor + monotonic
+offset, so a wall-clock jump during the run changes no duration and no window length.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def monotonic_ms(self) -> int: ...
+
+    def wall_ms(self) -> int: ...
+
+
+class SystemClock:
+    """The process clocks, in integer milliseconds."""
+
+    def monotonic_ms(self) -> int:
+        return time.monotonic_ns() // 1_000_000
+
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+def iso_utc_ms(epoch_ms: int) -> str:
+    """``2025-01-15T10:00:15.000Z``: UTC, millisecond precision, the form Timeback sends."""
+    moment = _dt.datetime.fromtimestamp(epoch_ms // 1000, tz=_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{epoch_ms % 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class WallAnchor:
+    """Maps monotonic ms onto wall-clock ms using one reading taken at the start of a run."""
+
+    monotonic_ms: int
+    wall_ms: int
+
+    @classmethod
+    def now(cls, clock: Clock) -> "WallAnchor":
+        return cls(clock.monotonic_ms(), clock.wall_ms())
+
+    def epoch_ms(self, monotonic_ms: int) -> int:
+        return self.wall_ms + (monotonic_ms - self.monotonic_ms)
+
+    def iso(self, monotonic_ms: int) -> str:
+        return iso_utc_ms(self.epoch_ms(monotonic_ms))
