@@ -1,0 +1,204 @@
+"""`%load_ext` / `%unload_ext` symmetry and the `%timeback` magic, in a real IPython shell."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
+
+from timeback_nb import magics
+from timeback_nb.magics import Command, TimebackMagics, parse_line
+
+
+@pytest.fixture
+def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell(config=config)
+    yield shell
+    magics.unload_ipython_extension(shell)
+
+
+def _line_magics(shell: InteractiveShell) -> dict[str, object]:
+    return dict(shell.magics_manager.magics["line"])
+
+
+# --- parsing (pure) ---------------------------------------------------------------------------
+
+
+def test_start_line_becomes_the_keyword_arguments_of_start() -> None:
+    command = parse_line(
+        'start week-3 --name "Week 3: loops" --subject "Social Studies" --grade 8 --stateful '
+        "--run-id 0b0e2c1e-1f4c-4d0e-9a53-3c2d51f0b6a7 --interval 5 --abandon-after 60.5 --no-time"
+    )
+    assert command == Command(
+        "start",
+        {
+            "id": "week-3",
+            "name": "Week 3: loops",
+            "course": {"subject": "Social Studies", "grade": 8},
+            "stateful": True,
+            "run_id": "0b0e2c1e-1f4c-4d0e-9a53-3c2d51f0b6a7",
+            "heartbeat_interval": 5.0,
+            "abandon_after": 60.5,
+            "time": False,
+        },
+    )
+
+
+def test_start_leaves_options_not_given_to_the_api_defaults() -> None:
+    assert parse_line("start intro --name Intro --code CS-101") == Command(
+        "start", {"id": "intro", "name": "Intro", "course": {"code": "CS-101"}}
+    )
+    # No course: the config's only course is used (the API decides).
+    assert parse_line("start intro --name Intro") == Command("start", {"id": "intro", "name": "Intro"})
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("start x --name y --code C --grade 3", "not both"),
+        ("start x --name y --code C --subject Math", "not both"),
+        ("start x --name y --subject Math", "--subject and --grade go together"),
+        ("start x --name y --grade 3", "--subject and --grade go together"),
+        ("start x --name y --grade three", "--grade: invalid int value"),
+        ("start x", "required: --name"),
+        ("start x --name 'unclosed", "No closing quotation"),
+        ("end --xp lots", "--xp: not a number: 'lots'"),
+        ("end --total 2.5", "--total: invalid int value"),
+        ("finish", "invalid choice: 'finish'"),
+        ("", "required: COMMAND"),
+    ],
+)
+def test_a_line_argparse_refuses_is_one_usage_error_naming_the_option(line: str, expected: str) -> None:
+    with pytest.raises(UsageError, match="^%timeback") as caught:
+        parse_line(line)
+    assert expected in str(caught.value)
+
+
+def test_end_options_become_timeback_metric_names_and_numbers_keep_their_type() -> None:
+    command = parse_line("end --xp 12 --total 10 --correct 8 --mastered 1 --pct 40.5")
+    assert command == Command(
+        "end",
+        {
+            "metrics": {
+                "xpEarned": 12,
+                "totalQuestions": 10,
+                "correctQuestions": 8,
+                "masteredUnits": 1,
+                "pctComplete": 40.5,
+            }
+        },
+    )
+    assert type(command.kwargs["metrics"]["xpEarned"]) is int
+    assert parse_line("end --xp 2.5").kwargs == {"metrics": {"xpEarned": 2.5}}
+    assert parse_line("end") == Command("end", {"metrics": None})  # time only
+
+
+@pytest.mark.parametrize("action", ["status", "pause", "resume"])
+def test_commands_without_options(action: str) -> None:
+    assert parse_line(action) == Command(action)
+
+
+# --- help -------------------------------------------------------------------------------------
+
+
+def test_help_prints_usage_of_every_command(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    magics.load_ipython_extension(shell)
+    assert shell.run_line_magic("timeback", "--help") is None
+    out = capsys.readouterr().out
+    assert out.startswith("usage: %timeback")
+    for action in ("start", "status", "pause", "resume", "end"):
+        assert f"    {action} " in out
+
+    shell.run_line_magic("timeback", "start --help")
+    out = capsys.readouterr().out
+    assert out.startswith("usage: %timeback start")
+    for option in ("--name", "--subject", "--grade", "--code", "--stateful", "--run-id",
+                   "--interval", "--abandon-after", "--no-time"):
+        assert option in out
+
+    shell.run_line_magic("timeback", "end -h")
+    out = capsys.readouterr().out
+    assert "--xp" in out and "pctComplete" in out
+
+
+def test_the_magic_docstring_is_its_usage(shell: InteractiveShell) -> None:
+    magics.load_ipython_extension(shell)
+    doc = shell.magics_manager.magics["line"]["timeback"].__doc__
+    assert doc is not None and doc.startswith("usage: %timeback")
+
+
+# --- load / unload ----------------------------------------------------------------------------
+
+
+def test_load_twice_registers_once_and_unload_removes_exactly_that(shell: InteractiveShell) -> None:
+    line_before = _line_magics(shell)
+    cell_before = dict(shell.magics_manager.magics["cell"])
+    registry_before = dict(shell.magics_manager.registry)
+
+    magics.load_ipython_extension(shell)
+    entry = shell.magics_manager.magics["line"]["timeback"]
+    magics.load_ipython_extension(shell)
+    assert shell.magics_manager.magics["line"]["timeback"] == entry
+    added = set(shell.magics_manager.registry) - set(registry_before)
+    assert added == {"TimebackMagics"}
+    assert isinstance(shell.magics_manager.registry["TimebackMagics"], TimebackMagics)
+    assert set(_line_magics(shell)) - set(line_before) == {"timeback"}
+
+    magics.unload_ipython_extension(shell)
+    assert _line_magics(shell) == line_before
+    assert dict(shell.magics_manager.magics["cell"]) == cell_before
+    assert dict(shell.magics_manager.registry) == registry_before
+
+    magics.unload_ipython_extension(shell)  # a second unload is a no-op
+    assert _line_magics(shell) == line_before
+
+
+def test_load_ext_and_unload_ext_through_ipython(shell: InteractiveShell) -> None:
+    before = set(_line_magics(shell))  # names: IPython itself loads %load_ext lazily
+    shell.run_line_magic("load_ext", "timeback_nb.magics")
+    assert "timeback" in shell.magics_manager.magics["line"]
+    shell.run_line_magic("unload_ext", "timeback_nb.magics")
+    assert set(_line_magics(shell)) == before
+    assert "TimebackMagics" not in shell.magics_manager.registry
+    shell.run_line_magic("load_ext", "timeback_nb.magics")  # and it loads again
+    assert "timeback" in shell.magics_manager.magics["line"]
+
+
+def test_unload_puts_back_a_timeback_magic_that_was_there_before(shell: InteractiveShell) -> None:
+    def users_own(line: str) -> str:
+        return f"mine: {line}"
+
+    shell.register_magic_function(users_own, "line", "timeback")
+    magics.load_ipython_extension(shell)
+    assert shell.run_line_magic("timeback", "--help") is None  # ours now
+    magics.unload_ipython_extension(shell)
+    assert shell.run_line_magic("timeback", "hello") == "mine: hello"
+
+
+def test_unload_leaves_a_magic_it_does_not_own(shell: InteractiveShell) -> None:
+    magics.load_ipython_extension(shell)
+
+    def replaced_later(line: str) -> str:
+        return "later"
+
+    shell.register_magic_function(replaced_later, "line", "timeback")
+    magics.unload_ipython_extension(shell)
+    assert shell.run_line_magic("timeback", "") == "later"
+
+
+def test_a_usage_error_is_one_line_not_a_traceback(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    magics.load_ipython_extension(shell)
+    result = shell.run_cell("%timeback start x --name y --grade 3")
+    assert not result.success
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert "UsageError: %timeback start: --subject and --grade go together" in captured.err
