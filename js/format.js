@@ -1,0 +1,57 @@
+// Pure page helpers of the timeback_nb widget (no DOM, no model), tested with `node --test`.
+
+/** Active time as a clock: "0:07", "12:34", "1:02:03". @param {number} ms @returns {string} */
+export function formatElapsed(ms) {
+  const s = Math.floor(Math.max(0, Number.isFinite(ms) ? ms : 0) / 1000);
+  const two = (/** @type {number} */ n) => String(n).padStart(2, "0");
+  const h = Math.floor(s / 3600);
+  const m = Math.floor(s / 60) % 60;
+  return h ? `${h}:${two(m)}:${two(s % 60)}` : `${m}:${two(s % 60)}`;
+}
+
+/**
+ * One page report. `t` is the page's `performance.now()`: the kernel maps it onto its own
+ * clock, so a report that arrives late (busy kernel) still counts at the right moment.
+ * @param {string} pageId @param {number} seq @param {"transition"|"ping"|"bye"} kind
+ * @param {boolean} visible @param {number} t
+ */
+export function buildReport(pageId, seq, kind, visible, t) {
+  return { type: "report", page: pageId, seq, kind, visible: Boolean(visible), t };
+}
+
+/** A random id for this page (one per tab and per load). @returns {string} */
+export function newPageId() {
+  const c = globalThis.crypto;
+  if (c && typeof c.randomUUID === "function") return c.randomUUID();
+  return Array.from({ length: 4 }, () => Math.random().toString(16).slice(2, 10)).join("-");
+}
+
+const STATES = ["active", "hidden", "paused", "abandoned", "ended"];
+
+/**
+ * Chip text, also spoken: the state, then delivery facts, e.g. "active · local · 3 queued".
+ * @param {string} state @param {string} mode @param {number} pending @param {number} rejected
+ */
+export function stateLabel(state, mode, pending, rejected) {
+  const parts = [STATES.includes(state) ? state : "connecting"];
+  if (mode === "local") parts.push("local");
+  if (mode === "memory") parts.push("not saved");
+  if (pending > 0) parts.push(`${pending} queued`);
+  if (rejected > 0) parts.push(`${rejected} rejected`);
+  return parts.join(" · ");
+}
+
+/** The next ping delay from the kernel's `nextPingMs`: 250..10000 ms, else 2000. */
+export function clampPingDelay(/** @type {unknown} */ ms) {
+  if (typeof ms !== "number" || !Number.isFinite(ms)) return 2000;
+  return Math.min(10000, Math.max(250, ms));
+}
+
+/**
+ * Shown time: the kernel's `elapsed_ms` (received at page time `baseAt`) plus local time,
+ * only while the kernel says "active". @param {number} baseMs @param {number} baseAt
+ * @param {number} now @param {string} state @returns {number}
+ */
+export function displayedElapsed(baseMs, baseAt, now, state) {
+  return state === "active" ? baseMs + Math.max(0, now - baseAt) : baseMs;
+}

@@ -1,0 +1,76 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  buildReport,
+  clampPingDelay,
+  displayedElapsed,
+  formatElapsed,
+  newPageId,
+  stateLabel,
+} from "../format.js";
+
+test("formatElapsed shows m:ss under an hour and h:mm:ss above", () => {
+  assert.equal(formatElapsed(0), "0:00");
+  assert.equal(formatElapsed(7_999), "0:07");
+  assert.equal(formatElapsed(754_000), "12:34");
+  assert.equal(formatElapsed(3_599_999), "59:59");
+  assert.equal(formatElapsed(3_600_000), "1:00:00");
+  assert.equal(formatElapsed(3_723_000), "1:02:03");
+  assert.equal(formatElapsed(36_000_000 + 61_000), "10:01:01");
+});
+
+test("formatElapsed never shows negative or garbage time", () => {
+  assert.equal(formatElapsed(-5_000), "0:00");
+  assert.equal(formatElapsed(Number.NaN), "0:00");
+  assert.equal(formatElapsed(Number.POSITIVE_INFINITY), "0:00");
+});
+
+test("buildReport has exactly the contract's keys, visible coerced to a boolean", () => {
+  const report = buildReport("p1", 3, "ping", 1, 1234.5);
+  assert.deepEqual(report, { type: "report", page: "p1", seq: 3, kind: "ping", visible: true, t: 1234.5 });
+  assert.equal(buildReport("p1", 4, "bye", undefined, 0).visible, false);
+});
+
+test("newPageId is random and uses crypto.randomUUID when there", () => {
+  const ids = new Set(Array.from({ length: 50 }, newPageId));
+  assert.equal(ids.size, 50);
+  assert.match(newPageId(), /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+});
+
+test("newPageId falls back when crypto.randomUUID is missing", (t) => {
+  const original = Object.getOwnPropertyDescriptor(globalThis, "crypto");
+  Object.defineProperty(globalThis, "crypto", { value: {}, configurable: true });
+  t.after(() => Object.defineProperty(globalThis, "crypto", original));
+  const a = newPageId();
+  const b = newPageId();
+  assert.notEqual(a, b);
+  assert.ok(a.length >= 16, a);
+});
+
+test("stateLabel names the state, then local/memory mode and delivery trouble", () => {
+  assert.equal(stateLabel("active", "caliper", 0, 0), "active");
+  assert.equal(stateLabel("hidden", "local", 0, 0), "hidden · local");
+  assert.equal(stateLabel("paused", "memory", 0, 0), "paused · not saved");
+  assert.equal(stateLabel("active", "caliper", 3, 0), "active · 3 queued");
+  assert.equal(stateLabel("ended", "caliper", 2, 1), "ended · 2 queued · 1 rejected");
+  assert.equal(stateLabel("abandoned", "local", 0, 4), "abandoned · local · 4 rejected");
+  assert.equal(stateLabel("", "caliper", 0, 0), "connecting");
+});
+
+test("clampPingDelay keeps the kernel's delay within 250..10000 ms, default 2000", () => {
+  assert.equal(clampPingDelay(1500), 1500);
+  assert.equal(clampPingDelay(10), 250);
+  assert.equal(clampPingDelay(60_000), 10_000);
+  assert.equal(clampPingDelay(undefined), 2000);
+  assert.equal(clampPingDelay("500"), 2000);
+  assert.equal(clampPingDelay(Number.NaN), 2000);
+});
+
+test("displayedElapsed ticks only while active", () => {
+  assert.equal(displayedElapsed(5_000, 100, 1_600, "active"), 6_500);
+  assert.equal(displayedElapsed(5_000, 100, 1_600, "hidden"), 5_000);
+  assert.equal(displayedElapsed(5_000, 100, 1_600, "ended"), 5_000);
+  // a clock read before the base (never expected) does not run time backwards
+  assert.equal(displayedElapsed(5_000, 100, 50, "active"), 5_000);
+});

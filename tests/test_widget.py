@@ -1,0 +1,224 @@
+"""TimebackWidget without a kernel: the joined ESM, traits from the snapshot, the message handler."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import comm
+import pytest
+
+from timeback_nb import widget as widget_module
+from timeback_nb.widget import TimebackWidget
+
+JS = Path(__file__).resolve().parent.parent / "js"
+
+
+class FakeActivity:
+    """The two methods the widget uses, with the reply contract of `Activity`."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.snap: dict[str, Any] = {
+            "elapsedMs": 61_000,
+            "windowElapsedMs": 1_000,
+            "state": "active",
+            "mode": "local",
+            "pendingEvents": 0,
+            "rejectedEvents": 0,
+            "lastError": "",
+            "activityName": "Linear functions",
+            "runId": "3f2504e0-4f89-41d3-9a0c-0305e82c3301",
+            "nextPingMs": 1500,
+            **overrides,
+        }
+        self.course: dict[str, Any] = {"subject": "Math", "grade": 8}
+        self.received: list[dict[str, Any]] = []
+        self.reject = False
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self.snap)
+
+    def page_message(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        self.received.append(message)
+        return None if self.reject else self.snapshot()
+
+
+class RecordingComm(comm.DummyComm):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.published: list[dict[str, Any]] = []
+        super().__init__(*args, **kwargs)
+
+    def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None, **keys: Any) -> None:
+        self.published.append({"msg_type": msg_type, "data": data})
+
+    def sent(self) -> list[dict[str, Any]]:
+        """Kernel → page messages after the comm opened."""
+        return [p["data"] for p in self.published if p["msg_type"] == "comm_msg"]
+
+
+@pytest.fixture(autouse=True)
+def recording_comms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(comm, "create_comm", RecordingComm)
+
+
+def sent(w: TimebackWidget) -> list[dict[str, Any]]:
+    assert isinstance(w.comm, RecordingComm)
+    return w.comm.sent()
+
+
+def report(seq: int = 1, **changes: Any) -> dict[str, Any]:
+    return {"type": "report", "page": "page-a", "seq": seq, "kind": "ping", "visible": True, "t": 1234.5, **changes}
+
+
+def from_page(w: TimebackWidget, content: Any) -> None:
+    """Deliver a page's `model.send(content)` the way ipywidgets does."""
+    w._handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
+
+
+# --- the ESM -----------------------------------------------------------------------------------
+
+
+def test_esm_is_format_js_then_widget_js_without_its_import() -> None:
+    format_js = (JS / "format.js").read_text("utf-8")
+    widget_js = (JS / "widget.js").read_text("utf-8")
+    esm = TimebackWidget._esm
+    assert esm.startswith(format_js)
+    assert "./format.js" in widget_js and "./format.js" not in esm
+    kept = [line for line in widget_js.splitlines() if "./format.js" not in line]
+    assert esm.endswith("\n".join(kept) + "\n")
+    assert "export default { initialize, render };" in esm
+
+
+def test_esm_stays_within_the_design_budget() -> None:
+    assert len(TimebackWidget._esm.encode()) <= 8 * 1024
+    assert sum(len(p.read_bytes()) for p in (JS / "format.js", JS / "widget.js")) <= 8 * 1024
+
+
+def test_esm_loads_as_one_module_in_node(tmp_path: Path) -> None:
+    node = shutil.which("node")
+    assert node, "node is needed for the JS checks (js/test)"
+    (tmp_path / "widget.mjs").write_text(TimebackWidget._esm, "utf-8")
+    probe = "const m = await import('./widget.mjs'); console.log(Object.keys(m.default).join(','), typeof m.formatElapsed)"
+    out = subprocess.run([node, "--input-type=module", "-e", probe], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["initialize,render", "function"]
+
+
+def test_load_esm_prefers_the_installed_static_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    static, repo = tmp_path / "static", tmp_path / "js"
+    for folder, tag in ((static, "static"), (repo, "repo")):
+        folder.mkdir()
+        (folder / "format.js").write_text(f"export const where = '{tag}';\n")
+        (folder / "widget.js").write_text('import { where } from "./format.js";\nexport default { where };\n')
+    monkeypatch.setattr(widget_module, "_JS_DIRS", (static, repo))
+    assert widget_module._load_esm() == "export const where = 'static';\n\nexport default { where };\n"
+    shutil.rmtree(static)
+    assert "'repo'" in widget_module._load_esm()
+
+
+def test_load_esm_refuses_a_widget_js_that_does_not_import_format_js(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "format.js").write_text("export const a = 1;\n")
+    (tmp_path / "widget.js").write_text("export default {};\n")
+    monkeypatch.setattr(widget_module, "_JS_DIRS", (tmp_path,))
+    with pytest.raises(ImportError, match="widget.js: expected one import from ./format.js, found 0"):
+        widget_module._load_esm()
+    monkeypatch.setattr(widget_module, "_JS_DIRS", (tmp_path / "missing",))
+    with pytest.raises(FileNotFoundError, match="widget JS not found"):
+        widget_module._load_esm()
+
+
+# --- traits and messages -----------------------------------------------------------------------
+
+
+def test_initial_traits_come_from_the_snapshot() -> None:
+    activity = FakeActivity(state="hidden", pendingEvents=2, rejectedEvents=1, lastError="HTTP 422: bad course")
+    w = TimebackWidget(activity)
+    assert (w.elapsed_ms, w.state, w.mode, w.activity_name) == (61_000, "hidden", "local", "Linear functions")
+    assert (w.pending_events, w.rejected_events, w.last_error) == (2, 1, "HTTP 422: bad course")
+    assert isinstance(w.comm, RecordingComm)
+    opened = w.comm.published[0]
+    assert opened["msg_type"] == "comm_open"
+    assert opened["data"]["state"]["elapsed_ms"] == 61_000
+    assert sent(w) == []  # nothing goes to the page until the page speaks
+
+
+def test_a_report_updates_the_traits_in_one_message_then_acks() -> None:
+    activity = FakeActivity()
+    w = TimebackWidget(activity)
+    activity.snap.update(elapsedMs=65_432, state="ended", pendingEvents=3, nextPingMs=700)
+    from_page(w, report(seq=7))
+    assert activity.received == [report(seq=7)]
+    assert (w.elapsed_ms, w.state, w.pending_events) == (65_432, "ended", 3)
+    update, ack = sent(w)
+    assert update["method"] == "update"
+    assert update["state"] == {"elapsed_ms": 65_432, "state": "ended", "pending_events": 3}
+    assert ack == {"method": "custom", "content": {"type": "ack", "seq": 7, "nextPingMs": 700}}
+
+
+def test_an_unchanged_reply_still_acks() -> None:
+    w = TimebackWidget(FakeActivity())
+    from_page(w, report(seq=1))
+    assert sent(w) == [{"method": "custom", "content": {"type": "ack", "seq": 1, "nextPingMs": 1500}}]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        ["report"],
+        "report",
+        None,
+        {"type": "ack", "seq": 1},
+        {"seq": 1, "kind": "ping"},
+        report(page="x" * 1100),
+    ],
+    ids=["list", "string", "null", "wrong-type", "no-type", "oversized"],
+)
+def test_bad_messages_are_dropped_before_the_activity_with_a_debug_log(caplog: pytest.LogCaptureFixture, content: Any) -> None:
+    activity = FakeActivity()
+    w = TimebackWidget(activity)
+    with caplog.at_level(logging.DEBUG, logger="timeback_nb.widget"):
+        from_page(w, content)
+    assert activity.received == []
+    assert sent(w) == []
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+
+
+def test_a_report_just_under_the_size_limit_is_handed_on() -> None:
+    activity = FakeActivity()
+    w = TimebackWidget(activity)
+    content = report(page="")
+    content["page"] = "x" * (widget_module.MAX_MESSAGE_BYTES - len(json.dumps(content)))
+    assert len(json.dumps(content)) == widget_module.MAX_MESSAGE_BYTES
+    from_page(w, content)
+    assert activity.received == [content]
+
+
+def test_a_report_the_activity_rejects_is_dropped_without_a_reply(caplog: pytest.LogCaptureFixture) -> None:
+    activity = FakeActivity()
+    activity.reject = True
+    w = TimebackWidget(activity)
+    with caplog.at_level(logging.DEBUG, logger="timeback_nb.widget"):
+        from_page(w, report(seq=-1))
+    assert len(activity.received) == 1
+    assert sent(w) == []
+    assert "malformed page report" in caplog.text
+
+
+# --- text repr ---------------------------------------------------------------------------------
+
+
+def test_text_repr_says_what_is_tracked_without_secrets() -> None:
+    activity = FakeActivity(elapsedMs=3_723_000, state="paused", mode="caliper")
+    w = TimebackWidget(activity)
+    text = repr(w)
+    assert text == "Timeback activity 'Linear functions' (Math grade 8), run 3f2504e0: paused, 1:02:03 active, caliper mode"
+    data, _ = w._repr_mimebundle_()
+    assert data["text/plain"] == text
+    activity.course = {"code": "CS-101"}
+    assert "(CS-101)" in repr(w)
+    activity.snap.update(elapsedMs=7_999, state="active")
+    assert ": active, 0:07 active" in repr(w)

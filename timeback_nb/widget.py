@@ -1,0 +1,129 @@
+"""The anywidget declaration: what the page shows (synced traits) and where its reports go.
+
+Page → kernel: ``model.send`` messages, never synced traits (ipywidgets merges queued trait
+updates while a cell runs; custom messages arrive complete and in order)::
+
+    {"type": "report", "page": "<random id per tab and load>", "seq": 1, 2, ...,
+     "kind": "transition" | "ping" | "bye", "visible": true | false, "t": <performance.now() ms>}
+
+Kernel → page: the traits below plus ``{"type": "ack", "seq": n, "nextPingMs": ms}``, sent only
+from the page-message handler. ipykernel routes a comm's incoming messages to the shell that last
+sent on it, so a send from any other thread (or a cell) would pull the comm back to the main
+shell and stop live delivery while a cell runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import anywidget
+import traitlets
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1024
+
+# The wheel ships the JS as timeback_nb/static/ (pyproject force-include); a checkout has js/.
+_JS_DIRS = (Path(__file__).parent / "static", Path(__file__).parent.parent / "js")
+_FORMAT_IMPORT = re.compile(r"^import\s[^;]*?\sfrom\s+[\"']\./format\.js[\"'];?[ \t]*\n", re.M | re.S)
+
+
+def _load_esm() -> str:
+    """format.js + widget.js as one module (anywidget loads a single ESM string)."""
+    folder = next((d for d in _JS_DIRS if (d / "widget.js").is_file()), None)
+    if folder is None:
+        raise FileNotFoundError(f"timeback_nb widget JS not found in {' or '.join(map(str, _JS_DIRS))}")
+    widget_js, n = _FORMAT_IMPORT.subn("", (folder / "widget.js").read_text("utf-8"))
+    if n != 1:
+        raise ImportError(f"{folder / 'widget.js'}: expected one import from ./format.js, found {n}")
+    return (folder / "format.js").read_text("utf-8") + "\n" + widget_js
+
+
+class PageSide(Protocol):
+    """What the widget needs from the Activity (see `timeback_nb.activity`)."""
+
+    def page_message(self, message: dict[str, Any]) -> dict[str, Any] | None: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+# trait name -> snapshot key
+_SHOWN = {
+    "elapsed_ms": "elapsedMs",
+    "state": "state",
+    "mode": "mode",
+    "pending_events": "pendingEvents",
+    "rejected_events": "rejectedEvents",
+    "last_error": "lastError",
+    "activity_name": "activityName",
+}
+
+
+def _shown(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    return {trait: snapshot[key] for trait, key in _SHOWN.items()}
+
+
+def _clock_text(ms: int) -> str:
+    """The page's formatElapsed: "0:07", "12:34", "1:02:03"."""
+    s = max(0, int(ms)) // 1000
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
+
+
+class TimebackWidget(anywidget.AnyWidget):
+    """The student's view of a tracked activity, and the channel for page visibility reports.
+
+    ``TimebackWidget(activity)`` takes its initial values from ``activity.snapshot()`` and
+    hands every page report to ``activity.page_message``; the reply updates the traits.
+    """
+
+    _esm = _load_esm()
+
+    elapsed_ms = traitlets.Int(0, help="Active ms of the run, as of the last page report.").tag(sync=True)
+    state = traitlets.Unicode("", help="active, hidden, paused, abandoned or ended.").tag(sync=True)
+    mode = traitlets.Unicode("", help="Where events go: local, caliper or memory.").tag(sync=True)
+    pending_events = traitlets.Int(0, help="Events queued, not yet delivered.").tag(sync=True)
+    rejected_events = traitlets.Int(0, help="Events the endpoint refused (kept).").tag(sync=True)
+    last_error = traitlets.Unicode("", help="The latest delivery error, secret-free.").tag(sync=True)
+    activity_name = traitlets.Unicode("", help="The activity's display name.").tag(sync=True)
+
+    def __init__(self, activity: PageSide, **kwargs: Any) -> None:
+        self._activity = activity
+        super().__init__(**{**_shown(activity.snapshot()), **kwargs})
+        self.on_msg(self._on_page_message)
+
+    def _on_page_message(self, _widget: object, content: Any, _buffers: object) -> None:
+        if not isinstance(content, dict) or content.get("type") != "report":
+            log.debug("dropped a page message that is not a report: %.100r", content)
+            return
+        if len(json.dumps(content)) > MAX_MESSAGE_BYTES:
+            log.debug("dropped a page message over %d bytes", MAX_MESSAGE_BYTES)
+            return
+        reply = self._activity.page_message(content)
+        if reply is None:
+            log.debug("dropped a malformed page report: %.200r", content)
+            return
+        with self.hold_sync():
+            for trait, value in _shown(reply).items():
+                setattr(self, trait, value)
+        self.send({"type": "ack", "seq": content["seq"], "nextPingMs": reply["nextPingMs"]})
+
+    def __repr__(self) -> str:
+        snap = self._activity.snapshot()
+        course = getattr(self._activity, "course", None)
+        where = f" ({_course_text(course)})" if course else ""
+        run = str(snap.get("runId", ""))[:8]
+        return (
+            f"Timeback activity {snap['activityName']!r}{where}, run {run}: {snap['state']}, "
+            f"{_clock_text(snap['elapsedMs'])} active, {snap['mode']} mode"
+        )
+
+
+def _course_text(course: Mapping[str, Any]) -> str:
+    if "code" in course:
+        return str(course["code"])
+    return " ".join(str(course[k]) if k == "subject" else f"grade {course[k]}" for k in ("subject", "grade") if k in course)
