@@ -222,3 +222,39 @@ def test_text_repr_says_what_is_tracked_without_secrets() -> None:
     assert "(CS-101)" in repr(w)
     activity.snap.update(elapsedMs=7_999, state="active")
     assert ": active, 0:07 active" in repr(w)
+
+
+# --- against the real Activity -----------------------------------------------------------------
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000
+
+    def monotonic_ms(self) -> int:
+        return self.now
+
+    def wall_ms(self) -> int:
+        return 1_700_000_000_000 + self.now
+
+
+def test_the_real_activity_accepts_page_reports_and_replies_with_the_contract() -> None:
+    from timeback_nb.activity import Activity
+    from timeback_nb.records import ActivityRef, MemorySink
+
+    clock = StepClock()
+    ref = ActivityRef("week-3", "Linear functions", {"subject": "Math", "grade": 8})
+    activity = Activity(ref, run_id="3f2504e0-4f89-41d3-9a0c-0305e82c3301", sink=MemorySink(), clock=clock, mode="local")
+    w = TimebackWidget(activity)
+    assert (w.activity_name, w.mode, w.elapsed_ms) == ("Linear functions", "local", 0)
+    from_page(w, report(seq=1, kind="transition", t=100.0))
+    clock.now += 4_000
+    from_page(w, report(seq=2, kind="ping", t=4_100.0))
+    assert w.state == "active"
+    assert w.elapsed_ms == 4_000
+    acks = [m["content"] for m in sent(w) if m["method"] == "custom"]
+    assert [a["seq"] for a in acks] == [1, 2]
+    assert all(250 <= a["nextPingMs"] <= 10_000 for a in acks)
+    from_page(w, report(seq=3, kind="ping", t="soon"))  # malformed: the activity says None
+    assert len([m for m in sent(w) if m["method"] == "custom"]) == 2
+    assert repr(w) == "Timeback activity 'Linear functions' (Math grade 8), run 3f2504e0: active, 0:04 active, local mode"

@@ -46,6 +46,9 @@ def _load_esm() -> str:
 class PageSide(Protocol):
     """What the widget needs from the Activity (see `timeback_nb.activity`)."""
 
+    @property
+    def course(self) -> Mapping[str, Any]: ...
+
     def page_message(self, message: dict[str, Any]) -> dict[str, Any] | None: ...
 
     def snapshot(self) -> dict[str, Any]: ...
@@ -114,16 +117,15 @@ class TimebackWidget(anywidget.AnyWidget):
 
     def __repr__(self) -> str:
         snap = self._activity.snapshot()
-        course = getattr(self._activity, "course", None)
-        where = f" ({_course_text(course)})" if course else ""
-        run = str(snap.get("runId", ""))[:8]
         return (
-            f"Timeback activity {snap['activityName']!r}{where}, run {run}: {snap['state']}, "
+            f"Timeback activity {snap['activityName']!r} ({_course_text(self._activity.course)}), "
+            f"run {snap['runId'][:8]}: {snap['state']}, "
             f"{_clock_text(snap['elapsedMs'])} active, {snap['mode']} mode"
         )
 
 
 def _course_text(course: Mapping[str, Any]) -> str:
+    """``{"subject": "Math", "grade": 8}`` → "Math grade 8"; ``{"code": "CS-101"}`` → "CS-101"."""
     if "code" in course:
         return str(course["code"])
-    return " ".join(str(course[k]) if k == "subject" else f"grade {course[k]}" for k in ("subject", "grade") if k in course)
+    return f"{course.get('subject', '')} grade {course.get('grade', '')}".strip()
