@@ -258,6 +258,11 @@ class Ledger:
         """Ended, and every window up to the end is closed (or the run was abandoned for good)."""
         return self._finished
 
+    @property
+    def live_delivery(self) -> bool:
+        """Page messages are reaching the kernel while the current cell runs (a subshell)."""
+        return self._busy_since is not None and self._live_in_cell
+
     def _present(self) -> list[_Presence]:
         return [presences[-1] for presences in self._pages.values() if presences[-1].gone_t is None]
 
@@ -304,10 +309,10 @@ class Ledger:
         spans = _subtract(_merge(visible), pauses)
         return [(max(a, s), min(b, e)) for s, e in _merge(spans) if min(b, e) > max(a, s)]
 
-    def _revivals(self, after: int, until: float) -> list[int]:
-        """Instants in ``(after, until)`` that would start a new segment after abandonment."""
-        candidates = [t for t in self._resumes if after <= t < until]
-        spans = self.active_spans(after, until)
+    def _revivals(self, after: int, known: int) -> list[int]:
+        """Known instants from ``after`` on that start a new segment after abandonment."""
+        candidates = [t for t in self._resumes if after <= t <= known]
+        spans = self.active_spans(after, known)
         if spans:
             candidates.append(int(spans[0][0]))
         return sorted(candidates)
@@ -321,7 +326,7 @@ class Ledger:
         closed: list[Window] = []
         while True:
             if self.abandoned_at is not None:
-                revivals = self._revivals(self.abandoned_at, known + 1)
+                revivals = self._revivals(self.abandoned_at, known)
                 if not revivals or (self.end_at is not None and revivals[0] >= self.end_at):
                     self._finished = self.end_at is not None and known >= self.end_at
                     return closed

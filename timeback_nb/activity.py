@@ -1,0 +1,315 @@
+"""The kernel-side Activity: live traits over the ledger, the heartbeat thread, the lifecycle.
+
+Page messages arrive on whichever thread handles the comm (the main shell or a subshell, while a
+cell runs), the heartbeat thread closes windows, and cells call pause/resume/end: one lock
+guards the ledger and the hand-off to the sink, so records leave in order, exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Mapping
+
+from traitlets import Bool, Enum, HasTraits, Int, Unicode
+
+from .clock import Clock, SystemClock, WallAnchor
+from .errors import StateError, ValidationError
+from .heartbeat import Heartbeat
+from .ledger import Ledger, Window, parse_page_report
+from .records import ActivityRef, Completion, Sink, TimeWindow
+
+log = logging.getLogger(__name__)
+
+STATES = ("active", "hidden", "paused", "abandoned", "ended")
+NO_PAGE_NOTICE = (
+    "no browser page has reported yet: time is not being counted as active "
+    "(is the notebook open in a browser with the widget displayed?)"
+)
+END_WAIT_SECONDS = 3.0  # the most end() waits for reports still on their way over a live comm
+
+
+class Activity(HasTraits):
+    """One tracked run of a notebook activity. Create it with `timeback_nb.start`."""
+
+    run_id = Unicode(read_only=True, help="The run's UUID, shared by every event of the run.")
+    started_at = Unicode(read_only=True, help="ISO-8601 UTC instant the run started.")
+    is_paused = Bool(False, read_only=True)
+    state = Enum(STATES, default_value="hidden", read_only=True)
+    elapsed_ms = Int(0, read_only=True, help="Active ms of the whole run so far.")
+    window_elapsed_ms = Int(0, read_only=True, help="Active ms of the open heartbeat window.")
+    pending_events = Int(0, read_only=True, help="Events written but not yet delivered.")
+    last_error = Unicode("", read_only=True, help="The latest delivery problem, if any.")
+
+    def __init__(
+        self,
+        ref: ActivityRef,
+        *,
+        run_id: str,
+        sink: Sink,
+        heartbeat_interval: float = 15.0,
+        abandon_after: float = 600.0,
+        ping_interval: float = 2.0,
+        track_time: bool = True,
+        mode: str = "memory",
+        clock: Clock | None = None,
+        on_finish: Callable[["Activity", Completion | None], None] | None = None,
+        no_page_notice_after: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.ref = ref
+        self.mode = mode
+        self.track_time = track_time
+        self._sink = sink
+        self._clock = clock or SystemClock()
+        self._on_finish = on_finish
+        self._lock = threading.RLock()
+        now = self._clock.monotonic_ms()
+        self._anchor = WallAnchor(now, self._clock.wall_ms())
+        self._ledger = Ledger(
+            start=now,
+            interval_ms=round(heartbeat_interval * 1000),
+            abandon_ms=round(abandon_after * 1000),
+            ping_ms=round(ping_interval * 1000),
+        )
+        self._completion: Completion | None = None
+        self._completion_due = False
+        self._finished = threading.Event()
+        self._rejected_events = 0
+        self._no_page_deadline = None if no_page_notice_after is None else now + round(no_page_notice_after * 1000)
+        self.notice = ""
+        self._shell: Any = None
+        self._heartbeat = Heartbeat(self._tick, name=f"timeback-heartbeat-{ref.id}")
+        self.set_trait("run_id", run_id)
+        self.set_trait("started_at", self._anchor.iso(now))
+
+    # -- identity ----------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self.ref.id
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    @property
+    def course(self) -> Mapping[str, Any]:
+        return self.ref.course
+
+    @property
+    def ended(self) -> bool:
+        with self._lock:
+            return self._ledger.end_at is not None
+
+    @property
+    def finished(self) -> bool:
+        """Ended, and every record (final windows, completion) has been handed on."""
+        return self._finished.is_set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def begin(self, shell: Any = None) -> None:
+        """Start the heartbeat thread; follow the kernel's cells when running in IPython."""
+        if shell is not None and self._shell is None:
+            self._shell = shell
+            shell.events.register("pre_run_cell", self._cell_started)
+            shell.events.register("post_run_cell", self._cell_finished)
+            if getattr(shell, "execution_count", None) is not None:
+                self._cell_started()  # start() itself runs inside a cell
+        self._heartbeat.start()
+
+    def pause(self) -> None:
+        """Stop counting active time until `resume()`; closes the current window now."""
+        with self._lock:
+            self._refuse_if_ended("pause")
+            changed = self._ledger.pause(self._now())
+        if changed:
+            self._heartbeat.wake()
+            self._tick()
+
+    def resume(self) -> None:
+        """Count active time again (and start a clean segment if the run was abandoned)."""
+        with self._lock:
+            self._refuse_if_ended("resume")
+            self._ledger.resume(self._now())
+        self._heartbeat.wake()
+        self._tick()
+
+    def end(self, metrics: Mapping[str, Any] | None = None) -> None:
+        """Close the final window; with `metrics`, then send the completion event.
+
+        Invalid metrics raise before anything changes, so the activity keeps running.
+        """
+        from .validation import validate_metrics  # config-free rules; imported late for start-up cost
+
+        checked = None if metrics is None else validate_metrics(metrics)
+        with self._lock:
+            self._refuse_if_ended("end")
+            now = self._now()
+            self._ledger.end(now)
+            if checked is not None:
+                self._completion = Completion(self.ref, self.run_id, self._anchor.iso(now), checked)
+            self._completion_due = True
+            live = self._ledger.live_delivery
+        self._tick()
+        if not self.finished and live:
+            # Reports still on their way come in on a subshell while this cell runs.
+            self._finished.wait(END_WAIT_SECONDS)
+
+    def shutdown(self) -> None:
+        """The kernel is exiting: account what is known, close the last window, stop."""
+        with self._lock:
+            now = self._now()
+            self._ledger.force_knowledge(now)
+            if self._ledger.end_at is None:
+                self._ledger.end(now)
+                self._completion_due = True
+        self._tick()
+        self._heartbeat.stop()
+
+    def _refuse_if_ended(self, action: str) -> None:
+        if self._ledger.end_at is not None:
+            raise StateError(
+                f"cannot {action}: activity {self.id!r} (run {self.run_id}) has already ended; "
+                "start a new one with timeback_nb.start()",
+                field="state",
+            )
+
+    # -- inputs from the page and the kernel ---------------------------------------------------
+
+    def page_message(self, message: Any) -> dict[str, Any] | None:
+        """Feed one page report into the accounting; return the reply for that page.
+
+        A malformed message is dropped (debug log) and None returned.
+        """
+        try:
+            report = parse_page_report(message)
+        except ValidationError as error:
+            log.debug("dropped a malformed page message: %s", error)
+            return None
+        with self._lock:
+            now = self._now()
+            self._ledger.report(report, now)
+            reply = self._snapshot(now)
+            boundary = self._ledger.ms_to_boundary(now)
+            ping_ms = self._ledger.ping_ms
+            if report.visible and boundary is not None and boundary + 40 < ping_ms:
+                # Report again just after the boundary, so the window closes on time.
+                ping_ms = max(40, boundary + 40)
+            reply["nextPingMs"] = ping_ms
+        self._heartbeat.wake()
+        return reply
+
+    def _cell_started(self, *_: Any) -> None:
+        with self._lock:
+            self._ledger.cell_started(self._now())
+
+    def _cell_finished(self, *_: Any) -> None:
+        with self._lock:
+            self._ledger.cell_finished(self._now())
+        self._heartbeat.wake()
+
+    def set_delivery_status(self, status: Mapping[str, Any]) -> None:
+        """Called by delivery (any thread) with its counts and latest error."""
+        self._rejected_events = int(status.get("rejected", 0))
+        self.set_trait("pending_events", int(status.get("queued", 0)))
+        self.set_trait("last_error", status.get("last_error") or "")
+
+    # -- the heartbeat -----------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return self._clock.monotonic_ms()
+
+    def _tick(self) -> float | None:
+        """Close what can be closed, hand it on, refresh the traits; seconds until next tick."""
+        finished_now = False
+        with self._lock:
+            now = self._now()
+            for window in self._ledger.advance(now):
+                if self.track_time:
+                    self._emit(self._time_window(window))
+            if self._completion_due and (self._ledger.finished or not self.track_time):
+                self._completion_due = False
+                if self._completion is not None:
+                    self._emit(self._completion)
+                finished_now = True
+            self._say_once_if_no_page(now)
+            values = {
+                "state": self._ledger.state(now),
+                "is_paused": self._ledger.paused,
+                "elapsed_ms": self._ledger.elapsed_ms(now),
+                "window_elapsed_ms": self._ledger.window_active_ms(now),
+            }
+            delay = (self._ledger.next_wake(now) - now) / 1000
+        for name, value in values.items():
+            self.set_trait(name, value)
+        if finished_now:
+            self._finish()
+            return None
+        return None if self.finished else delay
+
+    def _emit(self, record: TimeWindow | Completion) -> None:
+        try:
+            self._sink.emit(record)
+        except Exception:  # the sink promises not to raise; never lose the ledger over it
+            log.exception("could not hand a record to delivery")
+
+    def _time_window(self, window: Window) -> TimeWindow:
+        return TimeWindow(
+            activity=self.ref,
+            run_id=self.run_id,
+            started_at=self._anchor.iso(window.start),
+            ended_at=self._anchor.iso(window.end),
+            elapsed_ms=window.active_ms,
+            paused_ms=window.inactive_ms,
+        )
+
+    def _say_once_if_no_page(self, now: int) -> None:
+        if self._no_page_deadline is not None and now >= self._no_page_deadline:
+            self._no_page_deadline = None
+            if not self._ledger.pages_seen:
+                self.notice = NO_PAGE_NOTICE
+                log.warning("timeback_nb: %s", NO_PAGE_NOTICE)
+
+    def _finish(self) -> None:
+        shell, self._shell = self._shell, None
+        if shell is not None:
+            for event, callback in (("pre_run_cell", self._cell_started), ("post_run_cell", self._cell_finished)):
+                try:
+                    shell.events.unregister(event, callback)
+                except ValueError:
+                    pass
+        self._finished.set()
+        self._heartbeat.stop()  # joins unless this is the heartbeat thread itself
+        if self._on_finish is not None:
+            self._on_finish(self, self._completion)
+
+    # -- what the page and the notebook see -----------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            snapshot = self._snapshot(self._now())
+            snapshot["nextPingMs"] = self._ledger.ping_ms
+            return snapshot
+
+    def _snapshot(self, now: int) -> dict[str, Any]:
+        return {
+            "elapsedMs": self._ledger.elapsed_ms(now),
+            "windowElapsedMs": self._ledger.window_active_ms(now),
+            "state": self._ledger.state(now),
+            "mode": self.mode,
+            "pendingEvents": self.pending_events,
+            "rejectedEvents": self._rejected_events,
+            "lastError": self.last_error or self.notice,
+            "activityName": self.name,
+            "runId": self.run_id,
+        }
+
+    def __repr__(self) -> str:
+        course = ", ".join(f"{k}={v}" for k, v in self.course.items())
+        seconds = self.elapsed_ms // 1000
+        return (
+            f"<Activity {self.id!r} ({self.name}; {course}) run={self.run_id[:8]} "
+            f"state={self.state} active={seconds // 60}:{seconds % 60:02d} mode={self.mode}>"
+        )
