@@ -1,0 +1,329 @@
+"""`timeback-nb`: check, runs, events, flush and demo, through `main([...])` with a temp store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from timeback_nb import cli
+from timeback_nb.events import Target, completion_envelope, dumps, event_id, time_spent_envelope
+from timeback_nb.records import ActivityRef, Completion, TimeWindow
+from timeback_nb.store import Store
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+SECRET = "s3cr3t-value-never-printed"
+RUN = "0b0e2c1e-1f4c-4d0e-9a53-3c2d51f0b6a7"
+REF = ActivityRef("linear-functions", "Linear functions", {"subject": "Math", "grade": 8})
+TARGET = Target(
+    app_name="Timeback Notebooks",
+    sensor="https://notebooks.example.org",
+    subject="Math",
+    course_id="c-stg-8",
+    course_name="NB-MATH-8",
+    oneroster_base="https://api.staging.alpha-1edtech.ai",
+    user_email="student@example.edu",
+    user_id="u-123",
+)
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A clean operator environment: no TIMEBACK_* variables, a temp store, cwd with a config."""
+    for name in (
+        "TIMEBACK_ENV", "TIMEBACK_CLIENT_ID", "TIMEBACK_CLIENT_SECRET", "TIMEBACK_AUTH_URL",
+        "TIMEBACK_CALIPER_URL", "TIMEBACK_USER_EMAIL", "TIMEBACK_USER_ID", "TIMEBACK_ONEROSTER_URL",
+        "TIMEBACK_NB_TRANSPORT", "TIMEBACK_CONFIG",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TIMEBACK_NB_STORE", str(tmp_path / "store" / "timeback.sqlite"))
+    work = tmp_path / "course"
+    work.mkdir()
+    shutil.copyfile(NOTEBOOKS / "timeback.config.json", work / "timeback.config.json")
+    monkeypatch.chdir(work)
+    return tmp_path
+
+
+def _store(env: Path) -> Store:
+    return Store(env / "store" / "timeback.sqlite")
+
+
+def _window(start_s: int, active_ms: int, inactive_ms: int) -> TimeWindow:
+    end_ms = start_s * 1000 + active_ms + inactive_ms
+    return TimeWindow(
+        REF,
+        RUN,
+        f"2025-01-15T10:00:{start_s:02d}.000Z",
+        f"2025-01-15T10:00:{end_ms // 1000:02d}.{end_ms % 1000:03d}Z",
+        active_ms,
+        inactive_ms,
+    )
+
+
+def _fill(store: Store) -> list[str]:
+    """Three events of one run: a delivered window, a rejected window, a queued completion."""
+    bodies = [
+        dumps(time_spent_envelope(_window(0, 13500, 1500), TARGET, send_time="2025-01-15T10:00:15.1Z")),
+        dumps(time_spent_envelope(_window(15, 15000, 0), TARGET, send_time="2025-01-15T10:00:30.1Z")),
+        dumps(
+            completion_envelope(
+                Completion(
+                    REF,
+                    RUN,
+                    "2025-01-15T10:00:40.000Z",
+                    {"xpEarned": 8, "totalQuestions": 5, "correctQuestions": 4, "masteredUnits": 1,
+                     "pctComplete": 100},
+                ),
+                TARGET,
+                attempt=1,
+                send_time="2025-01-15T10:00:40.1Z",
+            )
+        ),
+    ]
+    for body in bodies:
+        kind = "completion" if '"Completed"' in body else "time"
+        assert store.enqueue(event_id(json.loads(body)), kind, RUN, body)
+    first, second, _ = (r["seq"] for r in store.events())
+    store.mark_delivered(first)
+    store.mark_rejected(second, "422 Unprocessable Entity: actor.email: not a known student")
+    store.remember_run("student@example.edu", "intro", "CS-101", "11111111-2222-4333-8444-555555555555",
+                       "2025-01-14T09:00:00.000Z")
+    store.close_run("11111111-2222-4333-8444-555555555555", "2025-01-14T09:30:00.000Z")
+    store.remember_run("student@example.edu", REF.id, "Math/g8", RUN, "2025-01-15T10:00:00.000Z")
+    return bodies
+
+
+# --- check ------------------------------------------------------------------------------------
+
+
+def test_check_usable_local_setup(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert f"config        {env / 'course' / 'timeback.config.json'}" in out
+    assert "transport     local" in out
+    assert "TIMEBACK_CLIENT_ID absent, TIMEBACK_CLIENT_SECRET absent" in out
+    assert f"store         {env / 'store' / 'timeback.sqlite'} (not created yet)" in out
+    assert not (env / "store").exists()  # check creates nothing
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("COURSE"))
+    assert header.split() == ["COURSE", "ENV", "SENSOR", "COURSE", "ID", "PROBLEM"]
+    row = next(line for line in lines if line.startswith("NB-MATH-8") and "staging *" in line)
+    assert "https://staging.notebooks.example.org" in row  # the env override wins
+    assert "d4e7b2a9-1c3f-4e6a-8b5d-90f1a2c3e4b7" in row
+    assert out.rstrip().endswith("ok: usable")
+
+
+def test_check_never_prints_the_secret(env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TIMEBACK_CLIENT_ID", "client-abc")
+    monkeypatch.setenv("TIMEBACK_CLIENT_SECRET", SECRET)
+    monkeypatch.setenv("TIMEBACK_USER_EMAIL", "student@example.edu")
+    monkeypatch.setenv("TIMEBACK_ENV", "production")
+    assert cli.main(["check"]) == 0
+    captured = capsys.readouterr()
+    assert SECRET not in captured.out + captured.err
+    assert "TIMEBACK_CLIENT_ID present, TIMEBACK_CLIENT_SECRET present" in captured.out
+    assert "transport     caliper: https://caliper.alpha-1edtech.ai/caliper/event" in captured.out
+    assert "TIMEBACK_USER_EMAIL student@example.edu" in captured.out
+    assert any(
+        line.startswith("NB-MATH-3") and "production *" in line for line in captured.out.splitlines()
+    )
+
+
+def test_check_without_a_config_says_where_it_looked(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (env / "course" / "timeback.config.json").unlink()
+    assert cli.main(["check"]) == 1
+    captured = capsys.readouterr()
+    assert f"config        not found in {env / 'course'} or its parents" in captured.out
+    assert "problem: config: no timeback.config.json found" in captured.err
+    assert "TIMEBACK_CONFIG" in captured.err
+
+
+def test_check_fails_on_a_course_not_synced_for_the_env_in_use(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = json.loads((NOTEBOOKS / "timeback.config.json").read_text())
+    config["courses"][1]["ids"]["production"] = None
+    path = env / "other.json"
+    path.write_text(json.dumps(config))
+    monkeypatch.setenv("TIMEBACK_CONFIG", str(path))
+
+    assert cli.main(["check"]) == 0  # staging is in use: production only gets a note
+    captured = capsys.readouterr()
+    assert f"(from TIMEBACK_CONFIG)" in captured.out
+    assert "note: courses[1].ids.production: course NB-MATH-8 is not synced for production" in captured.out
+    assert any(line.startswith("NB-MATH-8") and "not synced" in line for line in captured.out.splitlines())
+
+    monkeypatch.setenv("TIMEBACK_ENV", "production")
+    assert cli.main(["check"]) == 1
+    assert "problem: courses[1].ids.production" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("TIMEBACK_CLIENT_ID", "only-half", "TIMEBACK_CLIENT_SECRET: not set"),
+        ("TIMEBACK_ENV", "prod", "TIMEBACK_ENV: 'prod' is not an environment"),
+        ("TIMEBACK_NB_TRANSPORT", "carrier-pigeon", "TIMEBACK_NB_TRANSPORT: 'carrier-pigeon'"),
+    ],
+)
+def test_check_names_a_bad_environment_variable(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    variable: str, value: str, expected: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert cli.main(["check"]) == 1
+    assert f"problem: {expected}" in capsys.readouterr().err
+
+
+def test_check_reports_a_broken_config_file_with_line_and_column(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (env / "course" / "timeback.config.json").write_text('{"name": "x",\n "courses": [}\n')
+    assert cli.main(["check"]) == 1
+    assert "line 2 column 14: invalid JSON" in capsys.readouterr().err
+
+
+# --- runs / events ----------------------------------------------------------------------------
+
+
+def test_runs_and_events_without_a_store_create_nothing(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["runs"]) == 0
+    assert cli.main(["events"]) == 0
+    assert capsys.readouterr().out.count("No store yet at") == 2
+    assert not (env / "store").exists()
+
+
+def test_runs_table_newest_first(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with _store(env) as store:
+        _fill(store)
+    assert cli.main(["runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["RUN", "ID", "ACTIVITY", "COURSE", "USER", "STARTED", "ENDED"]
+    assert lines[1].split() == [RUN, "linear-functions", "Math/g8", "student@example.edu",
+                                "2025-01-15T10:00:00.000Z", "open"]
+    assert lines[2].split() == ["11111111-2222-4333-8444-555555555555", "intro", "CS-101",
+                                "student@example.edu", "2025-01-14T09:00:00.000Z",
+                                "2025-01-14T09:30:00.000Z"]
+    assert len(lines) == 3
+
+
+def test_events_table_newest_first_with_the_reason_for_a_reject(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _store(env) as store:
+        _fill(store)
+    assert cli.main(["events"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["SEQ", "STATE", "WRITTEN", "EVENT", "ACTIVITY", "DETAILS", "RUN", "REASON"]
+    completion, rejected, delivered = lines[1:]
+    assert completion.startswith("3    queued")
+    assert "completed" in completion and "Linear functions" in completion
+    assert "xp 8, 4/5 correct, mastered 1, 100% complete" in completion
+    assert RUN[:8] in completion
+    assert rejected.startswith("2    rejected")
+    assert "active 15.0 s" in rejected
+    assert rejected.endswith("422 Unprocessable Entity: actor.email: not a known student")
+    assert delivered.startswith("1    delivered")
+    assert "active 13.5 s, inactive 1.5 s" in delivered
+
+
+def test_events_filters_and_limits(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with _store(env) as store:
+        _fill(store)
+    assert cli.main(["events", "--state", "rejected"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines[1:]] == ["rejected"]
+    assert cli.main(["events", "--limit", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["3", "2"]
+    assert cli.main(["events", "--state", "delivered", "--limit", "0"]) == 0
+    assert capsys.readouterr().out == "No delivered events.\n"
+
+
+def test_events_json_prints_each_envelope_exactly_as_stored(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with _store(env) as store:
+        bodies = _fill(store)
+    assert cli.main(["events", "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == list(reversed(bodies))
+    envelope = json.loads(lines[0])
+    assert envelope["data"][0]["type"] == "ActivityEvent"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["events", "--state", "lost"], "invalid choice: 'lost'"),
+        (["events", "--limit", "-1"], "expected an integer >= 0, got '-1'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        ([], "required: COMMAND"),
+    ],
+)
+def test_bad_usage_exits_2_with_the_reason(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("check", "runs", "events", "flush", "demo"):
+        assert command in out
+
+
+def test_summarize_survives_a_body_that_is_not_an_envelope() -> None:
+    assert cli.summarize("{}") == ("?", "", "(not a Caliper envelope)")
+    assert cli.summarize("not json") == ("?", "", "(not a Caliper envelope)")
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+def test_demo_copies_the_notebooks_keeps_edits_and_runs_jupyterlab_in_local_mode(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    launched: list[dict[str, Any]] = []
+
+    def fake_run(command: list[str], cwd: Path, env_vars: dict[str, str]) -> int:
+        launched.append({"command": command, "cwd": cwd, "env": dict(env_vars)})
+        return 0
+
+    monkeypatch.setattr(cli, "_run_jupyterlab", fake_run)
+    monkeypatch.setenv("TIMEBACK_CONFIG", "/somewhere/else.json")
+    monkeypatch.delenv("TIMEBACK_NB_STORE")
+    folder = env / "demo"
+    assert cli.main(["demo", "--dir", str(folder), "--no-browser", "--port", "8899"]) == 0
+    for name in ("demo.ipynb", "lesson-linear-functions.ipynb", "timeback.config.json"):
+        assert (folder / name).read_bytes() == (NOTEBOOKS / name).read_bytes()
+
+    (run,) = launched
+    assert run["cwd"] == folder
+    assert run["command"][1:3] == ["-m", "jupyterlab"]
+    assert f"--ServerApp.root_dir={folder}" in run["command"]
+    assert "--ServerApp.port=8899" in run["command"]
+    assert "--no-browser" in run["command"]
+    assert run["env"]["TIMEBACK_NB_TRANSPORT"] == "local"
+    assert "TIMEBACK_CONFIG" not in run["env"]  # the kernel finds the demo's own config
+    store = folder / ".timeback" / "store.sqlite"
+    assert run["env"]["TIMEBACK_NB_STORE"] == str(store)
+    out = capsys.readouterr().out
+    assert f"TIMEBACK_NB_STORE={store} timeback-nb runs" in out
+    assert f"TIMEBACK_NB_STORE={store} timeback-nb events" in out
+
+    # A second run keeps what the student changed.
+    (folder / "demo.ipynb").write_text("edited")
+    assert cli.main(["demo", "--dir", str(folder), "--no-browser"]) == 0
+    assert (folder / "demo.ipynb").read_text() == "edited"
+    assert f"kept   {folder / 'demo.ipynb'}" in capsys.readouterr().out
+
+
+def test_demo_keeps_an_explicit_store(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    monkeypatch.setattr(cli, "_run_jupyterlab", lambda c, cwd, e: seen.append(e["TIMEBACK_NB_STORE"]) or 0)
+    assert cli.main(["demo", "--dir", str(env / "demo"), "--no-browser"]) == 0
+    assert seen == [str(env / "store" / "timeback.sqlite")]
