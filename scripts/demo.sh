@@ -6,7 +6,9 @@
 #   scripts/demo.sh --no-browser --port 8890
 #
 # Arguments are passed to `timeback-nb demo`. PYTHON picks the interpreter that creates .venv,
-# TIMEBACK_DEMO_VENV another virtualenv, TIMEBACK_NB_STORE another SQLite file.
+# TIMEBACK_DEMO_VENV another virtualenv. The events go to a store inside the demo folder
+# (timeback-demo/.timeback/store.sqlite; one `rm -rf timeback-demo` removes the whole demo)
+# unless TIMEBACK_NB_STORE names another SQLite file.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +35,4 @@ fi
 
 cd "$root"
 export TIMEBACK_NB_TRANSPORT=local
-# A hidden folder inside the demo directory: one `rm -rf timeback-demo` removes the whole demo.
-export TIMEBACK_NB_STORE="${TIMEBACK_NB_STORE:-$root/timeback-demo/.timeback/store.sqlite}"
 exec "$venv/bin/timeback-nb" demo "$@"

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from timeback_nb import cli
@@ -14,7 +21,8 @@ from timeback_nb.events import Target, completion_envelope, dumps, event_id, tim
 from timeback_nb.records import ActivityRef, Completion, TimeWindow
 from timeback_nb.store import Store
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
 SECRET = "s3cr3t-value-never-printed"
 RUN = "0b0e2c1e-1f4c-4d0e-9a53-3c2d51f0b6a7"
 REF = ActivityRef("linear-functions", "Linear functions", {"subject": "Math", "grade": 8})
@@ -327,3 +335,62 @@ def test_demo_keeps_an_explicit_store(env: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(cli, "_run_jupyterlab", lambda c, cwd, e: seen.append(e["TIMEBACK_NB_STORE"]) or 0)
     assert cli.main(["demo", "--dir", str(env / "demo"), "--no-browser"]) == 0
     assert seen == [str(env / "store" / "timeback.sqlite")]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_demo_script_serves_the_demo_notebook_in_a_real_jupyterlab(tmp_path: Path) -> None:
+    """scripts/demo.sh with an existing virtualenv (this one): JupyterLab comes up on the demo."""
+    port, token = _free_port(), "demo-test-token"
+    jupyter = tmp_path / "jupyter"
+    environ = {
+        key: value for key, value in os.environ.items() if not key.startswith(("TIMEBACK_", "JUPYTER"))
+    }
+    environ.update(
+        TIMEBACK_DEMO_VENV=sys.prefix,
+        JUPYTER_TOKEN=token,
+        JUPYTER_CONFIG_DIR=str(jupyter / "config"),
+        JUPYTER_DATA_DIR=str(jupyter / "data"),
+        JUPYTER_RUNTIME_DIR=str(jupyter / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(jupyter / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(jupyter / "workspaces"),
+        IPYTHONDIR=str(tmp_path / "ipython"),
+    )
+    folder = tmp_path / "demo"
+    process = subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "demo.sh"), "--no-browser", "--port", str(port), "--dir", str(folder)],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"token {token}"}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.communicate()[0].decode()
+            try:
+                if httpx.get(f"{base}/api/status", headers=headers, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "JupyterLab did not come up within 60 s"
+            time.sleep(0.2)
+        listing = httpx.get(f"{base}/api/contents", headers=headers, timeout=5).json()
+        assert sorted(item["name"] for item in listing["content"]) == [
+            "demo.ipynb", "lesson-linear-functions.ipynb", "timeback.config.json"
+        ]
+        notebook = httpx.get(f"{base}/api/contents/demo.ipynb", headers=headers, timeout=5).json()
+        assert notebook["content"]["metadata"]["kernelspec"]["name"] == "python3"
+        lab = httpx.get(f"{base}/lab/tree/demo.ipynb", headers=headers, timeout=5)
+        assert lab.status_code == 200
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        output = process.communicate(timeout=30)[0].decode()
+    # The store path the demo uses is the one it tells the operator to inspect.
+    assert f"TIMEBACK_NB_STORE={folder / '.timeback' / 'store.sqlite'} timeback-nb events" in output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.util
 import json
 import os
 import shutil
@@ -379,9 +380,7 @@ def _demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    try:
-        import jupyterlab  # noqa: F401  (only checking that it is there)
-    except ImportError:
+    if importlib.util.find_spec("jupyterlab") is None:
         print(f"{PROG}: JupyterLab is not installed: pip install 'timeback-nb[demo]'", file=sys.stderr)
         return 1
 
