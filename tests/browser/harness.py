@@ -1,0 +1,431 @@
+"""A real Jupyter server and a real headless Chromium for the browser tests.
+
+Follows the measured recipe in the project's browser-testing reference: Chromium is started
+here (not by Playwright, whose launch pins `document.visibilityState` to "visible") and driven
+over CDP in its default context; every notebook page gets its own window, so it can be hidden
+(minimised) and shown independently of the others, and two pages can be visible at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import httpx
+import nbformat
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("TIMEBACK_NB_CHROMIUM", "/usr/lib/chromium/chromium")
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--window-size=1280,900",
+)
+MARKER = "TIMEBACK_NB_BROWSER_TEST"  # env var that tags every process a harness starts
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _tagged_pids(tag: str) -> list[int]:
+    """Processes whose environment carries our tag (the server's kernels run in their own sessions)."""
+    needle = f"{MARKER}={tag}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _stop_group(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM the process group we started, then SIGKILL what is still there."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
+
+
+# --- Jupyter server -----------------------------------------------------------------------------
+
+
+@dataclass
+class JupyterServer:
+    """`python -m jupyterlab` on a free loopback port, isolated under `home`.
+
+    The kernel inherits the server's environment: the checkout on PYTHONPATH (the code under
+    test), a local store and a config file, and no Timeback credentials.
+    """
+
+    home: Path
+    comms_over_subshells: bool = True
+    port: int = field(default_factory=free_port)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def notebooks(self) -> Path:
+        return self.home / "notebooks"
+
+    @property
+    def store_path(self) -> Path:
+        return self.home / "timeback.sqlite"
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / "timeback.config.json"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, name: str, ui: str) -> str:
+        if ui == "lab":
+            return f"{self.base_url}/lab/tree/{name}?reset&token={self.token}"
+        if ui == "notebook":
+            return f"{self.base_url}/notebooks/{name}?token={self.token}"
+        raise ValueError(f"ui: must be 'lab' or 'notebook', got {ui!r}")
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TIMEBACK_", "JUPYTER", "IPYTHON"))}
+        dirs = {
+            "JUPYTER_CONFIG_DIR": "config", "JUPYTER_DATA_DIR": "data", "JUPYTER_RUNTIME_DIR": "runtime",
+            "IPYTHONDIR": "ipython", "JUPYTERLAB_SETTINGS_DIR": "settings", "JUPYTERLAB_WORKSPACES_DIR": "workspaces",
+        }
+        env.update({name: str(self.home / sub) for name, sub in dirs.items()})
+        env.update(
+            PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            TIMEBACK_NB_STORE=str(self.store_path),
+            TIMEBACK_NB_TRANSPORT="local",
+            TIMEBACK_CONFIG=str(self.config_path),
+            JUPYTER_PLATFORM_DIRS="1",
+            **{MARKER: self.tag},
+        )
+        return env
+
+    def start(self) -> JupyterServer:
+        self.notebooks.mkdir(parents=True, exist_ok=True)
+        if not self.config_path.exists():
+            self.config_path.write_text(json.dumps(TEST_CONFIG, indent=2))
+        if not self.comms_over_subshells:
+            settings = self.home / "settings" / "@jupyterlab" / "apputils-extension"
+            settings.mkdir(parents=True, exist_ok=True)
+            (settings / "kernels-settings.jupyterlab-settings").write_text('{"commsOverSubshells": "disabled"}')
+        args = [
+            sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.token={self.token}",
+            "--ServerApp.ip=127.0.0.1", f"--port={self.port}", "--ServerApp.port_retries=0",
+            f"--notebook-dir={self.notebooks}", "--LabApp.expose_app_in_browser=True",
+            "--JupyterNotebookApp.expose_app_in_browser=True",
+        ]
+        if os.getuid() == 0:
+            args.append("--allow-root")  # CI runs as root; without it the server exits
+        log = open(self.home / "server.log", "wb")  # noqa: SIM115 (kept open for the process)
+        self.process = subprocess.Popen(args, env=self.environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_until(self._ready, 60, f"the Jupyter server (log: {self.home / 'server.log'})", interval=0.2)
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"Jupyter server exited: {(self.home / 'server.log').read_text()[-3000:]}")
+        try:
+            return self.api("GET", "/api/status").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"token {self.token}"}
+        return httpx.request(method, self.base_url + path, headers=headers, timeout=10, **kwargs)
+
+    def write_notebook(self, cells: list[str], name: str | None = None) -> str:
+        name = name or f"nb-{uuid.uuid4().hex[:8]}.ipynb"
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+        nbformat.write(nb, self.notebooks / name)
+        return name
+
+    def shutdown_sessions(self, name: str) -> None:
+        """Shut the kernels of one notebook down, so finished tests leave the CPUs alone."""
+        for session in self.api("GET", "/api/sessions").json():
+            if session.get("path", "").endswith(name):
+                self.api("DELETE", f"/api/sessions/{session['id']}")
+
+    def events(self) -> list[dict[str, Any]]:
+        """Caliper events delivered to the local store, in delivery order."""
+        from timeback_nb.store import Store
+
+        if not self.store_path.exists():
+            return []
+        with Store(self.store_path) as store:
+            bodies = [json.loads(row["body"]) for row in store.local_events()]
+        return [event for body in bodies for event in body.get("data", [body])]
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(httpx.HTTPError):
+            self.api("POST", "/api/shutdown")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(15)
+        _stop_group(self.process)
+        for pid in _tagged_pids(self.tag):  # kernels live in sessions of their own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process = None
+
+
+TEST_CONFIG = {
+    "name": "Browser tests",
+    "sensor": "https://notebooks.example.org",
+    "courses": [
+        {"subject": "Math", "grade": 8, "courseCode": "NB-MATH-8",
+         "ids": {"staging": "c-stg-8", "production": "c-prd-8"}},
+    ],
+}
+
+
+# --- Chromium -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Chromium:
+    """Debian's Chromium started by us, driven over CDP (so hidden tabs really are hidden)."""
+
+    home: Path
+    process: subprocess.Popen[bytes] | None = None
+    playwright: Playwright | None = None
+    browser: Browser | None = None
+
+    @property
+    def context(self) -> BrowserContext:
+        assert self.browser is not None
+        return self.browser.contexts[0]  # a new context would bring focus emulation back
+
+    def start(self) -> Chromium:
+        profile = self.home / "profile"
+        env = dict(os.environ, XDG_CONFIG_HOME=str(self.home / "xdg-config"), XDG_CACHE_HOME=str(self.home / "xdg-cache"))
+        self.process = subprocess.Popen(
+            [CHROMIUM, *CHROMIUM_FLAGS, "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        port_file = profile / "DevToolsActivePort"
+        lines = wait_until(
+            lambda: port_file.is_file() and len(port_file.read_text().splitlines()) >= 2 and port_file.read_text().splitlines(),
+            30, "Chromium's DevToolsActivePort",
+        )
+        self.playwright = sync_playwright().start()
+        self.browser = self.playwright.chromium.connect_over_cdp(f"http://127.0.0.1:{int(lines[0])}", no_defaults=True)
+        return self
+
+    def new_window(self) -> Page:
+        """A page in a window of its own: minimising it hides this page and no other."""
+        assert self.browser is not None
+        cdp = self.browser.new_browser_cdp_session()
+        try:
+            with self.context.expect_page() as info:
+                cdp.send("Target.createTarget", {"url": "about:blank", "newWindow": True})
+        finally:
+            cdp.detach()
+        return info.value
+
+    def stop(self) -> None:
+        if self.browser is not None:
+            with contextlib.suppress(Exception):
+                self.browser.close()
+            self.browser = None
+        if self.playwright is not None:
+            self.playwright.stop()
+            self.playwright = None
+        if self.process is not None:
+            _stop_group(self.process)
+            self.process = None
+
+
+# --- one notebook in one window -----------------------------------------------------------------
+
+# The open notebook panel, in JupyterLab and in Notebook 7 (`expose_app_in_browser`).
+_PANEL = """(() => {
+  const app = window.jupyterapp;
+  if (!app) return null;
+  for (const w of app.shell.widgets('main')) if (w.sessionContext && w.content && w.content.widgets) return w;
+  return null;
+})()"""
+
+_OUTPUT_TEXT = """(i) => {
+  const panel = %s;
+  const cell = panel && panel.content.widgets[i];
+  if (!cell || !cell.model.outputs) return null;
+  const outputs = cell.model.outputs.toJSON();
+  return outputs.map((o) => {
+    if (o.output_type === 'error') return `ERROR ${o.ename}: ${o.evalue}\\n${(o.traceback || []).join('\\n')}`;
+    const text = o.text ?? (o.data && o.data['text/plain']) ?? '';
+    return [].concat(text).join('');
+  }).join('');
+}""" % _PANEL
+
+
+@dataclass
+class NotebookPage:
+    """One browser window showing one notebook (JupyterLab or Notebook 7)."""
+
+    chromium: Chromium
+    server: JupyterServer
+    name: str
+    ui: str
+    page: Page = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.page = self.chromium.new_window()
+        self.open()
+
+    def open(self) -> None:
+        self.page.goto(self.server.url(self.name, self.ui))
+        self.page.bring_to_front()  # CDP pages start unfocused
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """The notebook is open and its kernel is connected (only used before a cell runs)."""
+        self.page.wait_for_function(
+            f"""() => {{ const p = {_PANEL}; const k = p && p.sessionContext.session && p.sessionContext.session.kernel;
+                 return !!k && k.connectionStatus === 'connected' && k.status === 'idle'; }}""",
+            polling=100, timeout=timeout * 1000,
+        )
+
+    def run_cell(self, index: int) -> None:
+        """Start running cell `index` (clearing its old output first); does not wait for it."""
+        self.page.evaluate(
+            f"""(i) => {{ const app = window.jupyterapp; const p = {_PANEL};
+                 app.shell.activateById(p.id); p.content.widgets[i].model.outputs.clear();
+                 p.content.activeCellIndex = i; void app.commands.execute('notebook:run-cell'); }}""",
+            index,
+        )
+
+    def add_cell(self, source: str) -> int:
+        """Append a code cell (not saved) and return its index."""
+        return int(self.page.evaluate(
+            f"""(src) => {{ const p = {_PANEL}; const cells = p.content.model.sharedModel;
+                 cells.insertCell(cells.cells.length, {{cell_type: 'code', source: src}});
+                 return cells.cells.length - 1; }}""",
+            source,
+        ))
+
+    def output_text(self, index: int) -> str:
+        return str(self.page.evaluate(_OUTPUT_TEXT, index) or "")
+
+    def wait_output(self, index: int, needle: str, timeout: float = 30) -> str:
+        """Wait (polling, which also works in hidden tabs) until cell `index` prints `needle`."""
+        self.page.wait_for_function(
+            f"(i) => {{ const t = ({_OUTPUT_TEXT})(i) || ''; return t.includes({json.dumps(needle)}) || t.startsWith('ERROR'); }}",
+            arg=index, polling=100, timeout=timeout * 1000,
+        )
+        text = self.output_text(index)
+        if needle not in text:
+            raise AssertionError(f"cell {index} failed:\n{text}")
+        return text
+
+    def run(self, source: str, timeout: float = 30) -> str:
+        """Run `source` in a new cell; return what it printed after the "OUT " marker."""
+        index = self.add_cell(source)
+        self.run_cell(index)
+        return self.wait_output(index, "OUT ", timeout).split("OUT ", 1)[1].strip()
+
+    # visibility: minimising the page's own window hides it (fires visibilitychange in ~40 ms)
+    def _window_state(self, state: str) -> None:
+        cdp = self.chromium.context.new_cdp_session(self.page)
+        try:
+            window = cdp.send("Browser.getWindowForTarget")["windowId"]
+            cdp.send("Browser.setWindowBounds", {"windowId": window, "bounds": {"windowState": state}})
+        finally:
+            cdp.detach()
+
+    def hide(self) -> float:
+        """Hide the page; returns time.monotonic() once the page says it is hidden."""
+        self._window_state("minimized")
+        self.page.wait_for_function("() => document.visibilityState === 'hidden'", polling=100)
+        return time.monotonic()
+
+    def show(self) -> float:
+        self._window_state("normal")
+        self.page.bring_to_front()
+        self.page.wait_for_function("() => document.visibilityState === 'visible'", polling=100)
+        return time.monotonic()
+
+    def visibility(self) -> str:
+        return str(self.page.evaluate("document.visibilityState"))
+
+    def reload(self) -> None:
+        self.page.reload()
+        self.page.bring_to_front()
+        self.wait_ready()
+
+    def widget_text(self, timeout: float = 30) -> str:
+        """The text of the first rendered Timeback widget view."""
+        locator = self.page.locator(".tbnb").first
+        locator.wait_for(timeout=timeout * 1000)
+        return locator.inner_text()
+
+    def screenshot_widget(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.page.locator(".tbnb").first.screenshot(path=str(path))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.page.close()
+        self.server.shutdown_sessions(self.name)
+
+
+@contextlib.contextmanager
+def running(*parts: JupyterServer | Chromium) -> Iterator[None]:
+    """Start the parts in order, stop them in reverse, whatever happens in between."""
+    started: list[JupyterServer | Chromium] = []
+    try:
+        for part in parts:
+            started.append(part)
+            part.start()
+        yield
+    finally:
+        for part in reversed(started):
+            part.stop()
+
+
+def active_seconds(events: list[Mapping[str, Any]], run_id: str) -> float:
+    """Σ active seconds over the run's TimeSpentEvents."""
+    return sum(
+        item["value"]
+        for event in events
+        if event.get("type") == "TimeSpentEvent" and event.get("session") == f"urn:uuid:{run_id}"
+        for item in event["generated"]["items"]
+        if item["type"] == "active"
+    )
