@@ -402,9 +402,10 @@ class Ledger:
             return "ended"
         if self.paused:
             return "paused"
-        if self.abandoned_at is not None:
-            return "abandoned"
-        return "active" if any(p.visible_now for p in self._present()) else "hidden"
+        visible = any(p.visible_now for p in self._present())
+        if self.abandoned_at is not None and not visible:
+            return "abandoned"  # a visible page means the student is back: a new segment is due
+        return "active" if visible else "hidden"
 
     def next_wake(self, now: int) -> int:
         """When the heartbeat thread should look again (a page message also wakes it)."""

@@ -1,0 +1,48 @@
+"""Test doubles shared by the core tests."""
+
+from __future__ import annotations
+
+import threading
+
+
+class FakeClock:
+    """A settable clock: monotonic and wall time move only when the test says so."""
+
+    def __init__(self, monotonic_ms: int = 1_000_000, wall_ms: int = 1_736_935_200_000) -> None:
+        self._monotonic = monotonic_ms
+        self._wall = wall_ms
+        self._lock = threading.Lock()
+
+    def monotonic_ms(self) -> int:
+        with self._lock:
+            return self._monotonic
+
+    def wall_ms(self) -> int:
+        with self._lock:
+            return self._wall
+
+    def advance(self, ms: int) -> None:
+        with self._lock:
+            self._monotonic += ms
+            self._wall += ms
+
+    def jump_wall(self, ms: int) -> None:
+        """The system clock is set: wall time jumps, monotonic time does not."""
+        with self._lock:
+            self._wall += ms
+
+
+class Page:
+    """A browser page as the kernel sees it: numbered reports with the page's own clock."""
+
+    def __init__(self, activity, clock, name: str = "page-1", clock_offset: int = -123_456) -> None:
+        self.activity, self.clock, self.name = activity, clock, name
+        self.offset = clock_offset  # page ms = kernel ms + offset
+        self.seq = 0
+
+    def send(self, kind: str, visible: bool) -> dict | None:
+        self.seq += 1
+        t = self.clock.monotonic_ms() + self.offset
+        return self.activity.page_message(
+            {"type": "report", "page": self.name, "seq": self.seq, "kind": kind, "visible": visible, "t": t}
+        )
