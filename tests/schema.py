@@ -9,7 +9,7 @@ Two deliberate widenings, both documented in the design and the protocol referen
 - a `uri` may contain literal spaces: the SDK leaves a grade subject unencoded in `object.id`
   (`.../activities/Social Studies/g5/...`, protocol §2.3), so spaces are read as `%20`.
 
-Import it from a test in `tests/` as ``from schema import validate_envelope``.
+Import it as ``from tests.schema import validate_envelope``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -83,5 +83,33 @@ def validate_envelope(envelope: dict[str, Any]) -> None:
     for event in envelope["data"]:
         name = _EVENT_SCHEMAS.get(event.get("type"))
         if name is None:
-            raise AssertionError(f"not a Timeback event type: {event.get('type')!r}")
+            raise ValidationError(
+                f"event type {event.get('type')!r} is neither of {', '.join(_EVENT_SCHEMAS)}"
+            )
         validate(event, name)
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_json_blocks() -> tuple[str, ...]:
+    text = PROTOCOL_PATH.read_text(encoding="utf-8")
+    return tuple(block.split("```", 1)[0] for block in text.split("```json\n")[1:])
+
+
+def reference_example(*must_contain: str) -> Any:
+    """The one JSON example of the protocol reference whose text contains every given string.
+
+    Tests take Timeback's documented examples (events, request bodies, config) from the
+    reference itself rather than from a copy that could drift.
+    """
+    import json
+
+    found = []
+    for block in _reference_json_blocks():
+        if all(needle in block for needle in must_contain):
+            try:
+                found.append(json.loads(block))
+            except json.JSONDecodeError:
+                continue  # illustrative fragments such as {"...": "..."}
+    if len(found) != 1:
+        raise LookupError(f"{len(found)} reference examples contain {must_contain!r}")
+    return found[0]

@@ -99,8 +99,11 @@ def validate_name(value: Any, field: str = "name") -> str:
     return _text(value, field, "the activity's display name")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def _as_int(value: Any) -> int | None:
+    """A plain int for integer values (numpy integers included); None for anything else."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return None
 
 
 def _is_number(value: Any) -> bool:
@@ -135,11 +138,12 @@ def validate_course_selector(course: Any) -> dict[str, Any]:
             f"{_show(subject)} is not allowed; allowed: {', '.join(REQUEST_SUBJECTS)} "
             "(other subjects are reached with {\"code\": ...})",
         )
-    if not _is_int(grade) or not MIN_GRADE <= grade <= MAX_GRADE:
+    number = _as_int(grade)
+    if number is None or not MIN_GRADE <= number <= MAX_GRADE:
         raise invalid(
             "course.grade", f"expected an integer from {MIN_GRADE} to {MAX_GRADE}, got {_show(grade)}"
         )
-    return {"subject": subject, "grade": int(grade)}
+    return {"subject": subject, "grade": number}
 
 
 def validate_run_id(value: Any, field: str = "run_id") -> str:
@@ -175,9 +179,10 @@ def _count(metrics: Mapping[str, Any], key: str) -> int | None:
     value = metrics.get(key)
     if value is None:
         return None
-    if not _is_int(value) or value < 0:
+    number = _as_int(value)
+    if number is None or number < 0:
         raise invalid(f"metrics.{key}", f"expected an integer ≥ 0, got {_show(value)}")
-    return int(value)
+    return number
 
 
 def _plain_number(value: Any) -> int | float:
