@@ -1,0 +1,401 @@
+"""The SQLite store: schema, runs, attempts, users, outbox leases, local events."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from timeback_nb.errors import ConfigError, StateError, ValidationError
+from timeback_nb.store import SCHEMA_VERSION, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store(tmp_path / "nested" / "dir" / "tb.sqlite3") as s:
+        yield s
+
+
+def fill(store: Store, spec: list[tuple[str, str | None]]) -> None:
+    for event_id, run_id in spec:
+        assert store.enqueue(event_id, "time", run_id, f'{{"id": "{event_id}"}}')
+
+
+# -- file, schema, lifecycle ---------------------------------------------------------------------
+
+
+def test_creates_parent_dirs_in_wal_mode_with_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "tb.sqlite3"
+    with Store(path):
+        pass
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        conn.close()
+    assert {"runs", "attempts", "users", "outbox", "events"} <= tables
+
+
+def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
+    path = tmp_path / "tb.sqlite3"
+    with Store(path) as s:
+        s.enqueue("e1", "time", "r1", "{}")
+    with Store(path) as s:
+        assert [e["event_id"] for e in s.events()] == ["e1"]
+
+
+def test_a_newer_schema_is_refused_naming_the_variable(tmp_path: Path) -> None:
+    path = tmp_path / "tb.sqlite3"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(ConfigError, match="TIMEBACK_NB_STORE.*newer"):
+        Store(path)
+
+
+def test_an_unusable_path_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="TIMEBACK_NB_STORE") as info:
+        Store(blocker / "tb.sqlite3")
+    assert info.value.field == "TIMEBACK_NB_STORE"
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ConfigError, match="not a usable"):
+        Store(garbage)
+
+
+def test_close_is_idempotent_and_use_after_close_is_a_state_error(tmp_path: Path) -> None:
+    s = Store(tmp_path / "tb.sqlite3")
+    s.close()
+    s.close()
+    assert s.closed
+    with pytest.raises(StateError, match="closed"):
+        s.counts()
+
+
+# -- runs, attempts, users ---------------------------------------------------------------------
+
+
+def test_open_run_is_the_newest_run_not_completed(store: Store) -> None:
+    assert store.open_run("u1", "week-3", "Math/g8") is None
+    store.remember_run("u1", "week-3", "Math/g8", "run-a", "2025-01-15T10:00:00.000Z")
+    store.remember_run("u1", "week-3", "Math/g8", "run-b", "2025-01-16T10:00:00.000Z")
+    store.remember_run("u2", "week-3", "Math/g8", "run-other-user", "2025-01-16T10:00:00.000Z")
+    assert store.open_run("u1", "week-3", "Math/g8") == "run-b"
+    store.close_run("run-b", "2025-01-16T11:00:00.000Z")
+    assert store.open_run("u1", "week-3", "Math/g8") == "run-a"
+    store.close_run("run-a", "2025-01-16T11:00:00.000Z")
+    assert store.open_run("u1", "week-3", "Math/g8") is None
+    assert store.open_run("u1", "week-3", "CS-101") is None
+    runs = store.runs()
+    assert [r["run_id"] for r in runs] == ["run-other-user", "run-b", "run-a"]
+    assert runs[1]["ended_at"] == "2025-01-16T11:00:00.000Z"
+    assert runs[0]["ended_at"] is None
+
+
+def test_close_run_keeps_the_first_end(store: Store) -> None:
+    store.remember_run("u1", "a", "c", "r", "2025-01-15T10:00:00.000Z")
+    store.close_run("r", "2025-01-15T11:00:00.000Z")
+    store.close_run("r", "2025-01-15T12:00:00.000Z")
+    assert store.runs()[0]["ended_at"] == "2025-01-15T11:00:00.000Z"
+
+
+def test_next_attempt_counts_per_user_and_object(store: Store) -> None:
+    assert [store.next_attempt("u1", "obj") for _ in range(3)] == [1, 2, 3]
+    assert store.next_attempt("u1", "other") == 1
+    assert store.next_attempt("u2", "obj") == 1
+
+
+def test_next_attempt_is_atomic_across_connections_and_threads(tmp_path: Path) -> None:
+    path = tmp_path / "tb.sqlite3"
+    stores = [Store(path), Store(path)]
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def worker(s: Store) -> None:
+        for _ in range(25):
+            n = s.next_attempt("u", "o")
+            with lock:
+                got.append(n)
+
+    threads = [threading.Thread(target=worker, args=(stores[i % 2],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert sorted(got) == list(range(1, 101))
+
+
+def test_user_ids_are_cached_per_email_and_env(store: Store) -> None:
+    assert store.cached_user_id("a@example.edu", "staging") is None
+    store.remember_user_id("a@example.edu", "staging", "u-1")
+    store.remember_user_id("a@example.edu", "staging", "u-2")
+    assert store.cached_user_id("a@example.edu", "staging") == "u-2"
+    assert store.cached_user_id("a@example.edu", "production") is None
+
+
+# -- outbox ---------------------------------------------------------------------------------------
+
+
+def test_enqueue_is_idempotent_on_event_id_and_keeps_the_body_exactly(store: Store) -> None:
+    body = '{"sensor": "https://x.example",  "data": [ {"id": "é\\u00e9 ✓"} ]}\n'
+    assert store.enqueue("e1", "time", "r1", body) is True
+    assert store.enqueue("e1", "time", "r1", body.replace("x", "y")) is False
+    rows = store.events()
+    assert len(rows) == 1 and rows[0]["body"] == body and rows[0]["state"] == "queued"
+    assert store.counts() == {"queued": 1, "delivered": 0, "rejected": 0}
+
+
+def test_enqueue_wants_the_body_as_text(store: Store) -> None:
+    with pytest.raises(ValidationError, match="^body: "):
+        store.enqueue("e1", "time", None, b"{}")  # type: ignore[arg-type]
+
+
+def test_lease_claims_oldest_rows_in_seq_order_up_to_the_limit(store: Store) -> None:
+    fill(store, [("e1", "r1"), ("e2", "r2"), ("e3", "r1"), ("e4", None)])
+    assert [r.event_id for r in store.lease("A", 100.0, 15, 2)] == ["e1", "e2"]
+    assert [r.event_id for r in store.lease("B", 100.0, 15, 10)] == ["e4"]  # e3 waits behind A's e1
+    assert store.lease("C", 100.0, 15, 10) == []
+    # A asking again gets its own rows back and the rest of its runs
+    assert [r.event_id for r in store.lease("A", 101.0, 15, 10)] == ["e1", "e2", "e3"]
+
+
+def test_an_expired_lease_is_taken_over(store: Store) -> None:
+    fill(store, [("e1", "r1"), ("e2", "r1")])
+    assert len(store.lease("dead", 100.0, 15, 10)) == 2
+    assert store.lease("B", 114.9, 15, 10) == []
+    assert [r.event_id for r in store.lease("B", 115.0, 15, 10)] == ["e1", "e2"]
+
+
+def test_renew_extends_only_the_owners_leases(store: Store) -> None:
+    fill(store, [("e1", "r1"), ("e2", "r2")])
+    rows = store.lease("A", 100.0, 15, 10)
+    assert store.renew("A", [r.seq for r in rows], 110.0, 15) == 2
+    assert store.renew("B", [r.seq for r in rows], 110.0, 15) == 0
+    assert store.lease("B", 120.0, 15, 10) == []  # would have expired at 115 without renewal
+    assert len(store.lease("B", 125.0, 15, 10)) == 2
+
+
+def test_release_frees_rows_at_once(store: Store) -> None:
+    fill(store, [("e1", "r1")])
+    rows = store.lease("A", 100.0, 15, 10)
+    store.release("B", [r.seq for r in rows])  # not B's to release
+    assert store.lease("B", 100.0, 15, 10) == []
+    store.release("A", [r.seq for r in rows])
+    assert [r.event_id for r in store.lease("B", 100.0, 15, 10)] == ["e1"]
+
+
+def test_a_row_waiting_for_retry_holds_back_its_run_only(store: Store) -> None:
+    fill(store, [("e1", "r1"), ("e2", "r1"), ("e3", "r2")])
+    first = store.lease("A", 100.0, 15, 1)[0]
+    store.mark_retry(first.seq, "[503] down", 130.0, owner="A")
+    assert [r.event_id for r in store.lease("A", 101.0, 15, 10)] == ["e3"]
+    assert [r.event_id for r in store.lease("B", 129.0, 15, 10)] == ["e3"]  # A's lease ran out
+    again = store.lease("B", 130.0, 15, 10)
+    assert [(r.event_id, r.attempts) for r in again] == [("e1", 1), ("e2", 0), ("e3", 0)]
+    row = store.events()[0]
+    assert row["reason"] == "[503] down" and row["attempts"] == 1 and row["state"] == "queued"
+
+
+def test_mark_retry_does_not_undo_another_owners_takeover(store: Store) -> None:
+    fill(store, [("e1", "r1")])
+    seq = store.lease("A", 100.0, 15, 1)[0].seq
+    assert store.lease("B", 200.0, 15, 1)[0].seq == seq  # A's lease ran out; B took over
+    store.mark_retry(seq, "late failure", 300.0, owner="A")
+    assert store.lease("C", 201.0, 15, 1) == []  # still B's
+    assert store.events()[0]["attempts"] == 0
+
+
+def test_finished_rows_are_never_leased_and_states_are_final(store: Store) -> None:
+    fill(store, [("e1", "r1"), ("e2", "r1"), ("e3", "r2")])
+    rows = store.lease("A", 100.0, 15, 10)
+    store.mark_delivered(rows[0].seq)
+    store.mark_rejected(rows[1].seq, "[400] bad event")
+    store.mark_retry(rows[0].seq, "too late", 500.0)  # a delivered row stays delivered
+    assert store.counts() == {"queued": 1, "delivered": 1, "rejected": 1}
+    assert [r.event_id for r in store.lease("B", 100.0, 15, 10)] == []  # e3 still A's
+    assert [r.event_id for r in store.lease("A", 100.0, 15, 10)] == ["e3"]
+    rejected = store.events(state="rejected")
+    assert [(e["event_id"], e["reason"], e["attempts"]) for e in rejected] == [("e2", "[400] bad event", 1)]
+
+
+def test_a_rejected_row_does_not_block_the_rest_of_its_run(store: Store) -> None:
+    fill(store, [("e1", "r1"), ("e2", "r1")])
+    first = store.lease("A", 100.0, 15, 1)[0]
+    store.mark_rejected(first.seq, "[422] invalid")
+    assert [r.event_id for r in store.lease("B", 100.0, 15, 10)] == ["e2"]
+
+
+def test_park_keeps_an_unsendable_record_as_rejected(store: Store) -> None:
+    assert store.park("raw:1", "record", "r1", '{"x": 1}', "ValueError: no sensor") is True
+    assert store.lease("A", 100.0, 15, 10) == []
+    assert store.events(state="rejected")[0]["reason"] == "ValueError: no sensor"
+
+
+def test_expedite_cuts_retry_delays_but_not_live_leases(store: Store) -> None:
+    fill(store, [("e1", "r1"), ("e2", "r2")])
+    rows = store.lease("A", 100.0, 15, 10)
+    store.mark_retry(rows[0].seq, "down", 1000.0, owner="A")
+    assert store.next_due() == 115.0  # e2's lease
+    assert store.expedite(101.0) == 1
+    assert store.next_due() == 0.0
+    assert [r.event_id for r in store.lease("B", 101.0, 15, 10)] == ["e1"]
+
+
+def test_next_due_is_none_when_nothing_is_queued(store: Store) -> None:
+    assert store.next_due() is None
+    fill(store, [("e1", None)])
+    assert store.next_due() == 0.0
+
+
+def test_counts_can_be_limited_to_older_rows(store: Store) -> None:
+    fill(store, [("e1", "r1"), ("e2", "r1"), ("e3", "r1")])
+    last = store.last_seq()
+    fill(store, [("e4", "r1")])
+    assert store.counts(max_seq=last)["queued"] == 3
+    assert store.counts()["queued"] == 4
+
+
+def test_events_lists_the_newest_rows_in_seq_order_and_checks_arguments(store: Store) -> None:
+    fill(store, [(f"e{i}", "r1") for i in range(5)])
+    assert [e["event_id"] for e in store.events(limit=2)] == ["e3", "e4"]
+    assert [e["event_id"] for e in store.events(state="queued", limit=10)] == [f"e{i}" for i in range(5)]
+    with pytest.raises(ValidationError, match="^state: .*queued, delivered, rejected"):
+        store.events(state="sent")
+    with pytest.raises(ValidationError, match="^limit: "):
+        store.events(limit=-1)
+
+
+def test_local_events_keep_bytes_exactly_and_ignore_replays(store: Store) -> None:
+    body = '{"a":1,  "b":"ü"}'
+    assert store.store_local_event("e1", body) is True
+    assert store.store_local_event("e1", '{"other": true}') is False
+    assert store.store_local_event("e2", "{}") is True
+    events = store.local_events()
+    assert [(e["event_id"], e["body"]) for e in events] == [("e1", body), ("e2", "{}")]
+    assert [e["event_id"] for e in store.local_events(limit=1)] == ["e2"]
+
+
+def test_two_connections_leasing_at_once_never_share_a_row(tmp_path: Path) -> None:
+    path = tmp_path / "tb.sqlite3"
+    with Store(path) as s:
+        fill(s, [(f"e{i}", f"r{i % 7}") for i in range(200)])
+    stores = [Store(path), Store(path)]
+    claimed: dict[str, list[int]] = {"A": [], "B": []}
+
+    def worker(owner: str, s: Store) -> None:
+        while True:
+            rows = s.lease(owner, 100.0, 15, 3)
+            if not rows:
+                return
+            for r in rows:
+                claimed[owner].append(r.seq)
+                s.mark_delivered(r.seq)
+
+    threads = [threading.Thread(target=worker, args=(o, s)) for o, s in zip("AB", stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert sorted(claimed["A"] + claimed["B"]) == sorted(set(claimed["A"] + claimed["B"]))
+    assert len(claimed["A"]) + len(claimed["B"]) == 200
+
+
+# -- a model of two senders and crashes ------------------------------------------------------------
+
+step = st.tuples(
+    st.sampled_from("AB"),  # who acts
+    st.sampled_from(["ok", "ok", "retry", "reject", "crash"]),  # what happens to its next row
+    st.integers(1, 3),  # lease limit
+    st.sampled_from([0, 0, 1, 6, 20]),  # seconds that pass afterwards
+)
+
+
+def expected_lease(model: dict[int, dict], who: str, now: float, limit: int) -> list[int]:
+    """The leasing rule, written out plainly: oldest first; a row is free when nobody holds it,
+    its lease or retry delay ran out, or `who` holds it; a run stops at its first row not free."""
+
+    def free(r: dict) -> bool:
+        return r["until"] is None or r["until"] <= now or r["owner"] == who
+
+    stopped: set[str] = set()
+    picked: list[int] = []
+    for seq in sorted(model):
+        r = model[seq]
+        if r["state"] != "queued" or r["run"] in stopped:
+            continue
+        if free(r):
+            picked.append(seq)
+        elif r["run"] is not None:
+            stopped.add(r["run"])
+    return picked[:limit]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(step, max_size=40), st.lists(st.sampled_from(["r1", "r1", "r2", None]), min_size=2, max_size=6))
+def test_leases_follow_the_rule_keep_rows_exclusive_and_runs_in_order(
+    tmp_path: Path, steps: list, runs: list
+) -> None:
+    """Two senders that lease, work in order (stopping at a retry), crash and wait: each lease is
+    what the rule says, a row is never held by both at once, nothing is delivered twice, and
+    each run is delivered in seq order."""
+    path = tmp_path / f"model-{uuid.uuid4().hex}.sqlite3"  # hypothesis reuses tmp_path
+    lease_s = 15.0
+    with Store(path) as s:
+        for i, run in enumerate(runs):
+            s.enqueue(f"e{i}", "time", run, "{}")
+        model = {i + 1: {"run": run, "state": "queued", "owner": None, "until": None} for i, run in enumerate(runs)}
+        now = 1000.0
+        held: dict[str, list[int]] = {"A": [], "B": []}
+        since: dict[str, float] = {"A": 0.0, "B": 0.0}
+        delivered: list[int] = []
+        for who, outcome, limit, tick in steps:
+            other = "B" if who == "A" else "A"
+            if held[who] and now - since[who] >= lease_s:
+                held[who] = []  # a real sender renews; this one lost its lease and moves on
+            if not held[who]:
+                want = expected_lease(model, who, now, limit)
+                held[who], since[who] = [r.seq for r in s.lease(who, now, lease_s, limit)], now
+                assert held[who] == want
+                for seq in want:
+                    model[seq].update(owner=who, until=now + lease_s)
+                if now - since[other] < lease_s:
+                    assert not set(held[who]) & set(held[other])
+            elif outcome == "crash":
+                held[who] = []
+            else:
+                seq = held[who].pop(0)
+                if outcome == "ok":
+                    assert seq not in delivered
+                    delivered.append(seq)
+                    s.mark_delivered(seq)
+                    model[seq].update(state="delivered", owner=None, until=None)
+                elif outcome == "reject":
+                    s.mark_rejected(seq, "no")
+                    model[seq].update(state="rejected", owner=None, until=None)
+                else:
+                    s.mark_retry(seq, "later", now + 30, owner=who)
+                    if model[seq]["owner"] in (None, who):
+                        model[seq].update(owner=None, until=now + 30)
+                    s.release(who, held[who])
+                    for rest in held[who]:
+                        if model[rest]["owner"] == who:
+                            model[rest].update(owner=None, until=None)
+                    held[who] = []
+            now += tick
+        for run in {r for r in runs if r is not None}:
+            order = [seq for seq in delivered if model[seq]["run"] == run]
+            assert order == sorted(order)

@@ -1,0 +1,425 @@
+"""The one SQLite file every kernel of a user shares: runs, attempts, user ids, the outbox.
+
+WAL mode lets readers and one writer work at once across processes; `busy_timeout` makes a
+writer wait for another process's write instead of failing. Every write is one short
+transaction, committed before the method returns, so a killed kernel loses nothing it had
+handed over. `synchronous=NORMAL` keeps commits durable across process crashes (the case that
+matters in a notebook) without an fsync per event; only an OS crash or power cut can lose
+the last commits.
+
+Outbox rows are *leased*: a sender claims rows for `lease_seconds` (renewing while it works),
+so two kernels never send the same row at once, and a killed kernel's rows are taken over
+once its lease runs out. Rows of one run are handed out in `seq` order only: a row is never
+claimed while an older queued row of the same run is held by someone else or waiting out a
+retry delay.
+
+No secret or token is ever written here; bodies are the events exactly as sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ConfigError, StateError, invalid
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+STATES = ("queued", "delivered", "rejected")
+
+# Each entry upgrades the schema from version i to i + 1; append, never edit.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        run_id      TEXT PRIMARY KEY,
+        user_key    TEXT NOT NULL,
+        activity_id TEXT NOT NULL,
+        course_key  TEXT NOT NULL,
+        started_at  TEXT NOT NULL,
+        ended_at    TEXT,
+        created     REAL NOT NULL
+    );
+    CREATE INDEX runs_open ON runs (user_key, activity_id, course_key, created);
+    CREATE TABLE attempts (
+        user_key  TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        attempt   INTEGER NOT NULL,
+        PRIMARY KEY (user_key, object_id)
+    );
+    CREATE TABLE users (
+        email   TEXT NOT NULL,
+        env     TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        updated REAL NOT NULL,
+        PRIMARY KEY (email, env)
+    );
+    CREATE TABLE outbox (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id    TEXT NOT NULL UNIQUE,
+        kind        TEXT NOT NULL,
+        run_id      TEXT,
+        body        TEXT NOT NULL,
+        state       TEXT NOT NULL DEFAULT 'queued'
+                    CHECK (state IN ('queued', 'delivered', 'rejected')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        reason      TEXT,
+        lease_owner TEXT,
+        lease_until REAL,
+        created     REAL NOT NULL,
+        updated     REAL NOT NULL
+    );
+    CREATE INDEX outbox_queued ON outbox (seq) WHERE state = 'queued';
+    CREATE INDEX outbox_queued_run ON outbox (run_id, seq) WHERE state = 'queued';
+    CREATE INDEX outbox_state ON outbox (state);
+    CREATE TABLE events (
+        seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        body     TEXT NOT NULL,
+        received REAL NOT NULL
+    );
+    """,
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class Row:
+    """One outbox row as handed to a sender by `Store.lease`."""
+
+    seq: int
+    event_id: str
+    kind: str
+    run_id: str | None
+    body: str
+    attempts: int
+
+
+def _free(alias: str) -> str:
+    """SQL: the row is free for :owner: nobody holds it (or the lease or retry delay ran out),
+    or :owner itself holds it. `IS` because lease_owner is NULL for rows nobody holds."""
+    return f"({alias}.lease_until IS NULL OR {alias}.lease_until <= :now OR {alias}.lease_owner IS :owner)"
+
+
+_BLOCKED_BY_OLDER = f"""EXISTS (
+    SELECT 1 FROM outbox p
+    WHERE p.state = 'queued' AND p.run_id = o.run_id AND p.seq < o.seq AND NOT {_free("p")})"""
+
+
+class Store:
+    """The SQLite file at `path` (parent directories are created).
+
+    Safe to share between threads (one connection, guarded by a lock) and between processes
+    (WAL + busy timeout). `close()` is idempotent; the store is also a context manager.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+        self.path = Path(path).expanduser()
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"TIMEBACK_NB_STORE: cannot open the store at '{self.path}': {exc}", field="TIMEBACK_NB_STORE"
+            ) from exc
+        self._conn: sqlite3.Connection | None = conn
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("store %s: journal_mode is %s, not wal", self.path, mode)
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            self.close()
+            raise ConfigError(
+                f"TIMEBACK_NB_STORE: '{self.path}' is not a usable timeback_nb store: {exc}",
+                field="TIMEBACK_NB_STORE",
+            ) from exc
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction; a write takes the database write lock up front (BEGIN IMMEDIATE)."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StateError(f"store: '{self.path}' is closed")
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"TIMEBACK_NB_STORE: '{self.path}' has schema version {version}, newer than this "
+                    f"timeback_nb understands ({SCHEMA_VERSION}); upgrade timeback_nb",
+                    field="TIMEBACK_NB_STORE",
+                )
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            if version != SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- runs (stateful runIds) ----------------------------------------------------------------
+
+    def open_run(self, user_key: str, activity_id: str, course_key: str) -> str | None:
+        """The newest run of this user, activity and course that no completion has closed."""
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                "SELECT run_id FROM runs WHERE user_key = ? AND activity_id = ? AND course_key = ?"
+                " AND ended_at IS NULL ORDER BY created DESC, rowid DESC LIMIT 1",
+                (user_key, activity_id, course_key),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def remember_run(
+        self, user_key: str, activity_id: str, course_key: str, run_id: str, started_at: str
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO runs (run_id, user_key, activity_id, course_key, started_at, created)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, user_key, activity_id, course_key, started_at, time.time()),
+            )
+
+    def close_run(self, run_id: str, ended_at: str) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE runs SET ended_at = ? WHERE run_id = ? AND ended_at IS NULL", (ended_at, run_id))
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every remembered run, newest first (for `timeback-nb runs`)."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                "SELECT run_id, user_key, activity_id, course_key, started_at, ended_at FROM runs"
+                " ORDER BY created DESC, rowid DESC"
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- attempts and users --------------------------------------------------------------------
+
+    def next_attempt(self, user_key: str, object_id: str) -> int:
+        """1, 2, ... per user and activity; two kernels never get the same number."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO attempts (user_key, object_id, attempt) VALUES (?, ?, 1)"
+                " ON CONFLICT (user_key, object_id) DO UPDATE SET attempt = attempt + 1",
+                (user_key, object_id),
+            )
+            row = conn.execute(
+                "SELECT attempt FROM attempts WHERE user_key = ? AND object_id = ?", (user_key, object_id)
+            ).fetchone()
+        return int(row[0])
+
+    def cached_user_id(self, email: str, env: str) -> str | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT user_id FROM users WHERE email = ? AND env = ?", (email, env)).fetchone()
+        return None if row is None else str(row[0])
+
+    def remember_user_id(self, email: str, env: str, user_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO users (email, env, user_id, updated) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (email, env) DO UPDATE SET user_id = excluded.user_id, updated = excluded.updated",
+                (email, env, user_id, time.time()),
+            )
+
+    # -- outbox --------------------------------------------------------------------------------
+
+    def enqueue(self, event_id: str, kind: str, run_id: str | None, body: str) -> bool:
+        """Commit one event to the outbox; False when `event_id` is already there (a replay)."""
+        return self._insert(event_id, kind, run_id, body, "queued", None)
+
+    def park(self, event_id: str, kind: str, run_id: str | None, body: str, reason: str) -> bool:
+        """Keep something that cannot be sent (e.g. a record no event could be built from) as
+        a *rejected* row, so it is shown and never silently dropped."""
+        return self._insert(event_id, kind, run_id, body, "rejected", reason)
+
+    def _insert(
+        self, event_id: str, kind: str, run_id: str | None, body: str, state: str, reason: str | None
+    ) -> bool:
+        if not isinstance(body, str):
+            raise invalid("body", f"must be the event JSON as str, got {type(body).__name__}")
+        now = time.time()
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO outbox (event_id, kind, run_id, body, state, reason, created, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (event_id, kind, run_id, body, state, reason, now, now),
+            )
+        return cur.rowcount == 1
+
+    def lease(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Row]:
+        """Claim up to `limit` of the oldest free queued rows for `owner` until
+        `now + lease_seconds`, in seq order and never past an older row of the same run that
+        someone else holds or that is waiting out a retry delay."""
+        params = {"owner": owner, "now": now, "until": now + lease_seconds, "limit": limit}
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT o.seq, o.event_id, o.kind, o.run_id, o.body, o.attempts FROM outbox o"
+                f" WHERE o.state = 'queued' AND {_free('o')}"
+                f" AND (o.run_id IS NULL OR NOT {_BLOCKED_BY_OLDER})"
+                " ORDER BY o.seq LIMIT :limit",
+                params,
+            ).fetchall()
+            conn.executemany(
+                "UPDATE outbox SET lease_owner = :owner, lease_until = :until WHERE seq = :seq",
+                [dict(params, seq=r["seq"]) for r in rows],
+            )
+        return [Row(r["seq"], r["event_id"], r["kind"], r["run_id"], r["body"], r["attempts"]) for r in rows]
+
+    def renew(self, owner: str, seqs: list[int], now: float, lease_seconds: float) -> int:
+        """Extend `owner`'s leases on `seqs`; returns how many it still held."""
+        with self._tx() as conn:
+            cur = conn.executemany(
+                "UPDATE outbox SET lease_until = ? WHERE seq = ? AND lease_owner = ? AND state = 'queued'",
+                [(now + lease_seconds, seq, owner) for seq in seqs],
+            )
+        return cur.rowcount
+
+    def release(self, owner: str, seqs: list[int]) -> None:
+        """Give back leased rows that were not attempted, so anyone may take them now."""
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE outbox SET lease_owner = NULL, lease_until = NULL"
+                " WHERE seq = ? AND lease_owner = ? AND state = 'queued'",
+                [(seq, owner) for seq in seqs],
+            )
+
+    def mark_delivered(self, seq: int) -> None:
+        self._finish(seq, "delivered", None)
+
+    def mark_rejected(self, seq: int, reason: str) -> None:
+        self._finish(seq, "rejected", reason)
+
+    def _finish(self, seq: int, state: str, reason: str | None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE outbox SET state = ?, reason = ?, attempts = attempts + 1, lease_owner = NULL,"
+                " lease_until = NULL, updated = ? WHERE seq = ? AND state = 'queued'",
+                (state, reason, time.time(), seq),
+            )
+
+    def mark_retry(self, seq: int, reason: str, not_before: float, *, owner: str | None = None) -> None:
+        """Count a failed attempt; the row is free again (for anyone) from `not_before` on.
+
+        With `owner`, nothing changes if another sender has taken the row over meanwhile."""
+        guard = "" if owner is None else " AND (lease_owner IS NULL OR lease_owner = ?)"
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, reason = ?, lease_owner = NULL,"
+                f" lease_until = ?, updated = ? WHERE seq = ? AND state = 'queued'{guard}",
+                (reason, not_before, time.time(), seq) + (() if owner is None else (owner,)),
+            )
+
+    def expedite(self, now: float) -> int:
+        """Cut short the retry delays of queued rows nobody holds (for an explicit flush)."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE outbox SET lease_until = NULL"
+                " WHERE state = 'queued' AND lease_owner IS NULL AND lease_until > ?",
+                (now,),
+            )
+        return cur.rowcount
+
+    def next_due(self) -> float | None:
+        """When the next queued row may be free (0.0: now-ish; None: nothing queued)."""
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                "SELECT COUNT(*), MIN(COALESCE(lease_until, 0)) FROM outbox WHERE state = 'queued'"
+            ).fetchone()
+        return None if row[0] == 0 else float(row[1])
+
+    def last_seq(self) -> int:
+        with self._tx(write=False) as conn:
+            return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0])
+
+    def counts(self, *, max_seq: int | None = None) -> dict[str, int]:
+        """Rows per state (all of them, or those with `seq <= max_seq`)."""
+        where, params = ("WHERE seq <= ?", (max_seq,)) if max_seq is not None else ("", ())
+        with self._tx(write=False) as conn:
+            rows = conn.execute(f"SELECT state, COUNT(*) FROM outbox {where} GROUP BY state", params).fetchall()
+        counts = dict.fromkeys(STATES, 0)
+        counts.update({str(state): int(n) for state, n in rows})
+        return counts
+
+    def events(self, limit: int | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        """Outbox rows in seq order, the newest `limit` of them when given (for `timeback-nb events`)."""
+        if state is not None and state not in STATES:
+            raise invalid("state", f"must be one of {', '.join(STATES)}, got {state!r}")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise invalid("limit", f"must be an integer >= 0 or None, got {limit!r}")
+        where, params = ("WHERE state = ?", [state]) if state else ("", [])
+        sql = (
+            "SELECT seq, event_id, kind, run_id, state, attempts, reason, created, updated, body"
+            f" FROM outbox {where} ORDER BY seq DESC"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._tx(write=False) as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [dict(r) for r in reversed(rows)]
+
+    # -- local delivery ------------------------------------------------------------------------
+
+    def store_local_event(self, event_id: str, body: str) -> bool:
+        """The local transport's delivery: keep the body exactly; a replay is ignored."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO events (event_id, body, received) VALUES (?, ?, ?)",
+                (event_id, body, time.time()),
+            )
+        return cur.rowcount == 1
+
+    def local_events(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Events delivered locally, in delivery order (the newest `limit` when given)."""
+        sql = "SELECT seq, event_id, body, received FROM events ORDER BY seq DESC"
+        params: tuple[int, ...] = ()
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (limit,)
+        with self._tx(write=False) as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [dict(r) for r in reversed(rows)]
