@@ -15,6 +15,7 @@ from timeback_nb.config import (
     ResolvedCourse,
     Settings,
     TimebackConfig,
+    check_endpoint,
     describe,
     find_config,
     load_config,
@@ -152,6 +153,17 @@ def test_endpoints_refused_naming_the_variable(variable: str, url: str, why: str
     assert caught.value.field == variable
 
 
+def test_credentials_in_an_endpoint_url_are_refused_and_not_echoed() -> None:
+    url = f"https://client-1:{SECRET}@caliper.example.org/caliper/event"
+    with pytest.raises(ConfigError, match=r"^TIMEBACK_CALIPER_URL: credentials do not belong") as caught:
+        Settings.from_env({"TIMEBACK_CALIPER_URL": url})
+    assert SECRET not in str(caught.value)
+    assert check_endpoint(" https://caliper.example.org/x ", "f") == "https://caliper.example.org/x"
+    for empty in ("", "  ", None):
+        with pytest.raises(ConfigError, match=r"^transport\.url: an endpoint URL is required"):
+            check_endpoint(empty, "transport.url")
+
+
 def test_secret_never_in_repr_str_or_logs(caplog: pytest.LogCaptureFixture) -> None:
     s = Settings.from_env(CREDS)
     for text in (repr(s), str(s), f"{s}", f"{s!r}", repr([s])):
@@ -220,6 +232,7 @@ def test_json_error_names_file_line_and_column(tmp_path: Path) -> None:
         ({"sensor": 5, "courses": []}, "sensor"),
         ({"sensor": "https://x.org", "courses": [{"courseCode": 101}]}, "courses[0].courseCode"),
         ({"sensor": "https://x.org", "courses": [{"courseCode": "A", "ids": ["x"]}]}, "courses[0].ids"),
+        ({"sensor": "https://x.org", "courses": [{"courseCode": "A", "ids": {"staging": 12}}]}, "courses[0].ids.staging"),
         ({"sensor": "https://x.org", "courses": [{"courseCode": "A", "overrides": {"staging": 1}}]}, "courses[0].overrides.staging"),
     ],
 )

@@ -36,9 +36,11 @@ __all__ = [
     "Settings",
     "TimebackConfig",
     "api_env",
+    "check_endpoint",
     "describe",
     "find_config",
     "load_config",
+    "no_config_error",
 ]
 
 API_ENVS: tuple[str, ...] = ("staging", "production")
@@ -86,26 +88,37 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _endpoint(url: str, variable: str) -> str:
-    """An endpoint URL: absolute, and https unless it points at this machine."""
+def check_endpoint(url: Any, field: str) -> str:
+    """``url`` (trimmed) if it is an absolute https URL, plain http only for a loopback host
+    (127.0.0.0/8, ::1, localhost); else a ConfigError naming ``field``.
+
+    The one rule for every outbound endpoint (Caliper, token, OneRoster). Credentials in the
+    URL are refused and never echoed.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"{field}: an endpoint URL is required", field=field)
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(url.strip())
         host = parts.hostname
-    except ValueError:
-        host = None
-    if host is None or parts.scheme not in ("http", "https"):
+        has_userinfo = parts.username is not None or parts.password is not None
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts, host, has_userinfo = None, None, False
+    if parts is None or host is None or parts.scheme not in ("http", "https"):
         raise ConfigError(
-            f"{variable}: expected an absolute http(s) URL such as https://example.org/path, "
-            f"got {url!r}",
-            field=variable,
+            f"{field}: expected an absolute http(s) URL such as https://example.org/path, "
+            f"got {url.strip()!r}",
+            field=field,
         )
+    shown = f"{parts.scheme}://{host}{parts.path}"
+    if has_userinfo:
+        raise ConfigError(f"{field}: credentials do not belong in the URL ({shown})", field=field)
     if parts.scheme != "https" and not _is_loopback(host):
         raise ConfigError(
-            f"{variable}: must use https (plain http is allowed only for loopback hosts "
-            f"127.0.0.0/8, ::1, localhost), got {url!r}",
-            field=variable,
+            f"{field}: must use https (plain http is allowed only for loopback hosts "
+            f"127.0.0.0/8, ::1, localhost), got {shown}",
+            field=field,
         )
-    return url
+    return url.strip()
 
 
 def _default_store_path() -> Path:
@@ -207,11 +220,13 @@ class Settings:
             env=env,
             client_id=client_id,
             client_secret=client_secret,
-            auth_url=_endpoint(get("TIMEBACK_AUTH_URL") or defaults["auth"], "TIMEBACK_AUTH_URL"),
-            caliper_url=_endpoint(
+            auth_url=check_endpoint(
+                get("TIMEBACK_AUTH_URL") or defaults["auth"], "TIMEBACK_AUTH_URL"
+            ),
+            caliper_url=check_endpoint(
                 get("TIMEBACK_CALIPER_URL") or defaults["caliper"], "TIMEBACK_CALIPER_URL"
             ),
-            oneroster_url=_endpoint(
+            oneroster_url=check_endpoint(
                 get("TIMEBACK_ONEROSTER_URL") or defaults["oneroster"], "TIMEBACK_ONEROSTER_URL"
             ).rstrip("/"),
             user_email=user_email,
@@ -237,7 +252,8 @@ def find_config(
     some other file); a directory stands for the ``timeback.config.json`` inside it.
     """
     source = os.environ if environ is None else environ
-    for value, origin in ((explicit, "config"), (source.get("TIMEBACK_CONFIG") or None, "TIMEBACK_CONFIG")):
+    given = ((explicit, "config"), (source.get("TIMEBACK_CONFIG") or None, "TIMEBACK_CONFIG"))
+    for value, origin in given:
         if value is None:
             continue
         path = Path(value).expanduser()
@@ -246,7 +262,7 @@ def find_config(
         if not path.is_file():
             raise ConfigError(f"{origin}: no config file at {str(path)!r}", field=origin)
         return path
-    start = Path(cwd) if cwd is not None else Path.cwd()
+    start = Path(cwd).absolute() if cwd is not None else Path.cwd()
     for folder in (start, *start.parents):
         candidate = folder / CONFIG_FILENAME
         if candidate.is_file():
@@ -256,7 +272,7 @@ def find_config(
 
 def no_config_error(cwd: str | os.PathLike[str] | None = None) -> ConfigError:
     """The error for "no config anywhere": where we looked and how to point at one."""
-    start = Path(cwd) if cwd is not None else Path.cwd()
+    start = Path(cwd).absolute() if cwd is not None else Path.cwd()
     return ConfigError(
         f"config: no {CONFIG_FILENAME} found in {str(start)!r} or its parents; pass "
         "config='path/to/timeback.config.json' or set TIMEBACK_CONFIG",
@@ -426,9 +442,7 @@ class TimebackConfig:
         course_id = course.ids.get(env)
         if not isinstance(course_id, str) or not course_id.strip():
             other = next(e for e in API_ENVS if e != env)
-            alternative = (
-                f", or use TIMEBACK_ENV={other}" if isinstance(course.ids.get(other), str) and course.ids.get(other) else ""
-            )
+            alternative = f", or use TIMEBACK_ENV={other}" if course.ids.get(other) else ""
             raise ConfigError(
                 f"{course.path}.ids.{env}: course {course.label} is not synced for {env}; add "
                 f'"ids": {{"{env}": "<sourcedId>"}} to that course in {self.path}{alternative}',
@@ -466,7 +480,8 @@ class TimebackConfig:
         quoted = [c.path for c in self.courses if isinstance(c.grade, str)]
         if not quoted:
             return ""
-        return f" ({', '.join(q + '.grade' for q in quoted)} is a string; Timeback matches only integer grades)"
+        where = ", ".join(f"{q}.grade" for q in quoted)
+        return f" ({where} is a string; Timeback matches only integer grades)"
 
 
 def _no_sensor_message(path: Path, course: CourseConfig, env: str) -> str:
@@ -510,16 +525,26 @@ def _read_course(reader: _Reader, raw: Any, index: int) -> CourseConfig:
     where = f"courses[{index}]"
     if not isinstance(raw, Mapping):
         raise reader.fail(where, f"expected an object, got {json.dumps(raw)}")
-    ids = reader.optional(raw, "ids", f"{where}.ids", Mapping, 'an object such as {"staging": "<sourcedId>"}')
+    ids = reader.optional(
+        raw, "ids", f"{where}.ids", Mapping, 'an object such as {"staging": "<sourcedId>"}'
+    )
+    for env in ids or {}:
+        reader.optional(ids, env, f"{where}.ids.{env}", str, "a sourcedId string or null")
     metadata = reader.optional(raw, "metadata", f"{where}.metadata", Mapping, "an object")
-    overrides = reader.optional(raw, "overrides", f"{where}.overrides", Mapping, "an object keyed by env")
+    overrides = reader.optional(
+        raw, "overrides", f"{where}.overrides", Mapping, "an object keyed by env"
+    )
     for env, override in (overrides or {}).items():
         if override is None:
             continue
         if not isinstance(override, Mapping):
-            raise reader.fail(f"{where}.overrides.{env}", f"expected an object, got {json.dumps(override)}")
+            raise reader.fail(
+                f"{where}.overrides.{env}", f"expected an object, got {json.dumps(override)}"
+            )
         reader.sensor(override, f"{where}.overrides.{env}.sensor")
-        reader.optional(override, "metadata", f"{where}.overrides.{env}.metadata", Mapping, "an object")
+        reader.optional(
+            override, "metadata", f"{where}.overrides.{env}.metadata", Mapping, "an object"
+        )
     # Only camelCase is read at course level; snake_case course_code/launch_url are ignored (§6.3).
     return CourseConfig(
         index=index,
@@ -564,7 +589,9 @@ def load_config(path: str | os.PathLike[str], env: str | None = None) -> Timebac
     if courses_raw is None:
         courses_raw = []
     if not isinstance(courses_raw, list):
-        raise reader.fail("courses", f"expected an array of course objects, got {json.dumps(courses_raw)}")
+        raise reader.fail(
+            "courses", f"expected an array of course objects, got {json.dumps(courses_raw)}"
+        )
     config = TimebackConfig(
         path=path,
         name=name or DEFAULT_APP_NAME,
@@ -619,7 +646,7 @@ def describe(config: TimebackConfig, settings: Settings) -> list[dict[str, Any]]
         selector = course.selector()
         for env in API_ENVS:
             sensor = config.sensor_for(course, env)
-            course_id = course.ids.get(env)
+            course_id = course.ids.get(env) or "not synced"
             problem = None
             try:
                 config._resolve_course(course, selector, env)
@@ -639,7 +666,7 @@ def describe(config: TimebackConfig, settings: Settings) -> list[dict[str, Any]]
                     "active": env == settings.env,
                     "subject": course.subject,
                     "sensor": sensor,
-                    "course_id": course_id if isinstance(course_id, str) and course_id else "not synced",
+                    "course_id": course_id,
                     "object_id_prefix": prefix,
                     "problem": problem,
                 }
