@@ -13,7 +13,7 @@ import argparse
 import shlex
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
@@ -21,6 +21,10 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
 from .errors import StateError, TimebackError
+from .widget import _clock_text  # the page's own elapsed-time format, so both read alike
+
+if TYPE_CHECKING:
+    from .activity import Activity
 
 __all__ = ["TimebackMagics", "load_ipython_extension", "parse_line", "unload_ipython_extension"]
 
@@ -217,20 +221,44 @@ class TimebackMagics(Magics):
                     f"no activity is running; start one with "
                     f"%{MAGIC_NAME} start ID --name NAME (or timeback_nb.start)"
                 )
-            if command.action == "status":
-                print(describe(activity))
-            elif command.action == "pause":
+            if command.action == "pause":
                 activity.pause()
             elif command.action == "resume":
                 activity.resume()
             elif command.action == "end":
                 activity.end(command.kwargs["metrics"])
+            print(describe(activity) if command.action == "status" else _one_line(activity))
         except TimebackError as exc:
             _fail(str(exc))
         return None
 
 
 TimebackMagics.timeback.__doc__ = _PARSER.format_help()
+
+
+def describe(activity: Activity) -> str:
+    """``%timeback status``: the run, its state, active time and what is waiting to be sent."""
+    now = activity.snapshot()
+    course = ", ".join(f"{key}={value}" for key, value in activity.course.items())
+    lines = [
+        f"{activity.id} · {activity.name} ({course})",
+        f"  run id   {activity.run_id}",
+        f"  started  {activity.started_at}",
+        f"  state    {now['state']}",
+        f"  active   {_clock_text(now['elapsedMs'])} "
+        f"(current window {_clock_text(now['windowElapsedMs'])})",
+        f"  events   {now['pendingEvents']} waiting, {now['rejectedEvents']} rejected "
+        f"({now['mode']} mode)",
+    ]
+    if now["lastError"]:
+        lines.append(f"  note     {now['lastError']}")
+    return "\n".join(lines)
+
+
+def _one_line(activity: Activity) -> str:
+    """What a pause/resume/end line prints: where the activity now stands."""
+    now = activity.snapshot()
+    return f"{activity.id}: {now['state']}, active {_clock_text(now['elapsedMs'])}"
 
 
 def _own_entry(shell: InteractiveShell) -> Any:
