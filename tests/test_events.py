@@ -7,9 +7,13 @@ import json
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import jsonschema
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from tests.schema import reference_example, validate, validate_envelope
 
 from timeback_nb.config import Settings, load_config
@@ -359,3 +363,41 @@ def test_target_from_course_uses_the_settings_oneroster_base(tmp_path: Path) -> 
     event = _completed(completion, target=target)
     assert event["object"]["id"] == "https://notebooks.example.org/activities/DS-101/intro"
     assert event["object"]["course"]["id"] == "https://roster.example.org/ims/oneroster/rostering/v1p2/courses/c-stg-2"
+
+
+# --- properties ------------------------------------------------------------------------------------
+
+_SLUGS = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=40)
+
+
+@given(slug=_SLUGS, query=st.sampled_from(["", "?a=1", "?a=1#f", "#f"]), trailing=st.sampled_from(["", "/", "//"]))
+def test_slug_round_trips_as_one_path_segment(slug: str, query: str, trailing: str) -> None:
+    url = activity_url(f"https://n.example.org/base{trailing}{query}", MATH8, slug)
+    parts = urlsplit(url)
+    head, _, last = parts.path.rpartition("/")
+    assert head == "/base/activities/Math/g8"
+    assert unquote(last) == slug
+    assert all(ch.isascii() and (ch.isalnum() or ch in "_.-~%") for ch in last)
+    assert (f"?{parts.query}" if parts.query else "") + (f"#{parts.fragment}" if parts.fragment else "") == query
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(
+    elapsed=st.integers(0, 86_400_000),
+    paused=st.integers(0, 86_400_000),
+    started_ms=st.integers(0, 4_000_000_000_000),
+    slug=_SLUGS,
+    name=_SLUGS,
+)
+def test_every_window_envelope_is_valid_and_stable(elapsed: int, paused: int, started_ms: int, slug: str, name: str) -> None:
+    from timeback_nb.clock import iso_utc_ms
+
+    activity = ActivityRef(slug, name, MATH8)
+    window = TimeWindow(activity, RUN_ID, iso_utc_ms(started_ms), iso_utc_ms(started_ms + elapsed + paused), elapsed, paused)
+    envelope = time_spent_envelope(window, TARGET, send_time=SEND_TIME)
+    validate_envelope(envelope)
+    items = envelope["data"][0]["generated"]["items"]
+    assert items[0] == {"type": "active", "value": elapsed / 1000}
+    assert len(items) == (2 if paused else 1)
+    assert json.loads(dumps(envelope)) == envelope
+    assert dumps(time_spent_envelope(window, TARGET, send_time=SEND_TIME)) == dumps(envelope)
