@@ -1,0 +1,303 @@
+"""A real HTTP server on 127.0.0.1 for delivery tests: OAuth2 token endpoint, Caliper event
+endpoint and OneRoster users endpoint, with faults a test can script.
+
+It behaves like a receiver that drops replays: every request is kept in `received` (so a
+test sees resends), but each event id is stored once (`stored_ids`, in arrival order).
+
+    with LoopbackServer() as server:
+        server.script(Fault.status(503), Fault.drop_after_store())
+        transport = CaliperTransport(server.event_url, server.token_url, CLIENT_ID, CLIENT_SECRET)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+CLIENT_ID = "nb-client-7f3a"
+CLIENT_SECRET = "s3cr3t-Vq9Zx2Lk8Pw4-never-shown"
+USERS_PATH = "/ims/oneroster/rostering/v1p2/users"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the event endpoint does with one request instead of storing it and replying 200."""
+
+    kind: str  # "status" | "drop_after_store" | "slow" | "revoke_token"
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
+    seconds: float = 0.0
+
+    @classmethod
+    def reply(cls, status: int, body: Any = None, headers: dict[str, str] | None = None) -> Fault:
+        text = body if isinstance(body, str) else json.dumps(body) if body is not None else ""
+        return cls("status", status=status, headers=headers or {}, body=text)
+
+    @classmethod
+    def drop_after_store(cls) -> Fault:
+        """Store the event, then close the connection without a reply (the reply is lost)."""
+        return cls("drop_after_store")
+
+    @classmethod
+    def slow(cls, seconds: float) -> Fault:
+        """Store the event, then answer only after `seconds` (longer than the client waits)."""
+        return cls("slow", seconds=seconds)
+
+    @classmethod
+    def revoke_token(cls) -> Fault:
+        """Forget every issued token first, so this request gets a 401."""
+        return cls("revoke_token")
+
+
+@dataclass
+class Received:
+    event_id: str | None
+    request_id: str | None
+    body: bytes
+    headers: dict[str, str]
+    at: float
+    peer: tuple[str, int]  # the client's address: one per TCP connection
+
+
+class LoopbackServer:
+    def __init__(
+        self,
+        *,
+        client_id: str = CLIENT_ID,
+        client_secret: str = CLIENT_SECRET,
+        token_lifetime: int | None = 3600,
+        users: list[dict[str, str]] | None = None,
+        delay: float = 0.0,
+        token_delay: float = 0.0,
+    ) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.token_lifetime = token_lifetime
+        self.users = list(users or [])
+        self.delay = delay  # every event request takes this long (for concurrency tests)
+        self.token_delay = token_delay
+        self.lock = threading.Lock()
+        self.received: list[Received] = []
+        self.stored: dict[str, bytes] = {}
+        self.stored_ids: list[str] = []
+        self.token_requests: list[dict[str, Any]] = []
+        self.user_requests: list[dict[str, Any]] = []
+        self.tokens: set[str] = set()
+        self.issued: list[str] = []
+        self.concurrent_duplicates: list[str] = []
+        self._in_flight: Counter[str] = Counter()
+        self._faults: deque[Fault] = deque()
+        self._token_faults: deque[Fault] = deque()
+        self._outage_until = 0.0
+        self._outage_status = 503
+        self._stopping = threading.Event()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._httpd.daemon_threads = True
+        self._httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle and addresses ---------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def event_url(self) -> str:
+        return self.base_url + "/caliper/event"
+
+    @property
+    def token_url(self) -> str:
+        return self.base_url + "/oauth2/token"
+
+    @property
+    def oneroster_url(self) -> str:
+        return self.base_url
+
+    def start(self) -> LoopbackServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(5)
+            self._thread = None
+        self._httpd.server_close()
+
+    def __enter__(self) -> LoopbackServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- scripting -----------------------------------------------------------------------------
+
+    def script(self, *faults: Fault) -> None:
+        """The next event requests get these faults, one each, in order."""
+        with self.lock:
+            self._faults.extend(faults)
+
+    def script_token(self, *faults: Fault) -> None:
+        with self.lock:
+            self._token_faults.extend(faults)
+
+    def outage(self, seconds: float, status: int = 503) -> None:
+        """Answer every event request with `status` for the next `seconds`."""
+        with self.lock:
+            self._outage_until = time.monotonic() + seconds
+            self._outage_status = status
+
+    def received_ids(self) -> list[str]:
+        with self.lock:
+            return [r.event_id for r in self.received if r.event_id is not None]
+
+    # -- request handling (on the server's threads) --------------------------------------------
+
+    def _token(self, handler: _Handler, body: bytes) -> None:
+        form = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+        auth = handler.headers.get("Authorization", "")
+        expected = "Basic " + base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+        with self.lock:
+            self.token_requests.append(
+                {"auth_ok": auth == expected, "form": form, "content_type": handler.headers.get("Content-Type")}
+            )
+            fault = self._token_faults.popleft() if self._token_faults else None
+        if self.token_delay:
+            self._stopping.wait(self.token_delay)
+        if fault is not None:
+            return handler.reply(fault.status, fault.body, fault.headers)
+        if auth != expected:
+            return handler.reply(401, json.dumps({"error": "invalid_client"}))
+        if form != {"grant_type": ["client_credentials"]}:
+            return handler.reply(400, json.dumps({"error": "invalid_request"}))
+        token = "tok-" + secrets.token_urlsafe(24)
+        with self.lock:
+            self.tokens.add(token)
+            self.issued.append(token)
+        payload: dict[str, Any] = {"access_token": token, "token_type": "Bearer"}
+        if self.token_lifetime is not None:
+            payload["expires_in"] = self.token_lifetime
+        handler.reply(200, json.dumps(payload))
+
+    def _authorized(self, handler: _Handler) -> bool:
+        auth = handler.headers.get("Authorization", "")
+        with self.lock:
+            return auth.startswith("Bearer ") and auth[len("Bearer ") :] in self.tokens
+
+    def _event(self, handler: _Handler, body: bytes) -> None:
+        try:
+            event_id = json.loads(body)["data"][0]["id"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            event_id = None
+        with self.lock:
+            self.received.append(
+                Received(
+                    event_id,
+                    handler.headers.get("X-Request-ID"),
+                    body,
+                    dict(handler.headers),
+                    time.time(),
+                    handler.client_address[:2],
+                )
+            )
+            if event_id is not None and self._in_flight[event_id] > 0:
+                self.concurrent_duplicates.append(event_id)
+            if event_id is not None:
+                self._in_flight[event_id] += 1
+            fault = self._faults.popleft() if self._faults else None
+            if fault is None and time.monotonic() < self._outage_until:
+                fault = Fault.reply(self._outage_status, {"message": "down for maintenance"})
+            if fault is not None and fault.kind == "revoke_token":
+                self.tokens.clear()
+                fault = None
+        try:
+            if self.delay:
+                self._stopping.wait(self.delay)
+            if fault is not None and fault.kind == "status":
+                return handler.reply(fault.status, fault.body, fault.headers)
+            if not self._authorized(handler):
+                return handler.reply(401, json.dumps({"message": "invalid token"}))
+            if event_id is None:
+                return handler.reply(400, json.dumps({"message": "body is not a Caliper envelope"}))
+            with self.lock:
+                duplicate = event_id in self.stored
+                if not duplicate:
+                    self.stored[event_id] = body
+                    self.stored_ids.append(event_id)
+            if fault is not None and fault.kind == "drop_after_store":
+                handler.close_connection = True
+                return None
+            if fault is not None and fault.kind == "slow":
+                self._stopping.wait(fault.seconds)
+            handler.reply(200, json.dumps({"duplicate": True} if duplicate else {"jobId": secrets.token_hex(4)}))
+        finally:
+            if event_id is not None:
+                with self.lock:
+                    self._in_flight[event_id] -= 1
+
+    def _users(self, handler: _Handler, query: dict[str, list[str]]) -> None:
+        with self.lock:
+            self.user_requests.append({"query": query, "auth": handler.headers.get("Authorization", "")})
+        if not self._authorized(handler):
+            return handler.reply(401, json.dumps({"message": "invalid token"}))
+        wanted = query.get("filter", [""])[0]
+        limit = int(query.get("limit", ["100"])[0])
+        matches = [u for u in self.users if wanted == f"email='{u['email']}'"][:limit]
+        handler.reply(200, json.dumps({"users": matches, "totalCount": len(matches)}))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a real endpoint
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
+    server_state: LoopbackServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+    def reply(self, status: int, body: str = "", headers: dict[str, str] | None = None) -> None:
+        data = body.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self._body()
+        path = urlsplit(self.path).path
+        if path == "/oauth2/token":
+            self.server_state._token(self, body)
+        elif path == "/caliper/event":
+            self.server_state._event(self, body)
+        else:
+            self.reply(404, json.dumps({"message": f"no route {path}"}))
+
+    def do_GET(self) -> None:  # noqa: N802
+        parts = urlsplit(self.path)
+        if parts.path == USERS_PATH:
+            self.server_state._users(self, parse_qs(parts.query))
+        else:
+            self.reply(404, json.dumps({"message": f"no route {parts.path}"}))
+
+
+def _handler_for(state: LoopbackServer) -> type[_Handler]:
+    return type("BoundHandler", (_Handler,), {"server_state": state})

@@ -1,0 +1,349 @@
+"""Transports move an event's bytes and say what happened; they never decide when to retry.
+
+`LocalTransport` delivers into the store's `events` table (no account, no network).
+`CaliperTransport` POSTs to a Caliper event endpoint with an OAuth2 client-credentials token
+(protocol reference §1.3-§1.6). Unlike the SDK it never sleeps or loops on failures itself:
+it returns `Outcome.retry(...)` for 429, 5xx, timeouts and connection errors, and the outbox
+sender keeps the event queued and tries again later (design §6).
+
+The client secret and access tokens live only in `_Secret` holders: they never appear in a
+repr, a log line, an exception message or an `Outcome` reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import ipaddress
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+from .errors import ConfigError, DeliveryError
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+TOKEN_EARLY_REFRESH_S = 60.0  # refetch this long before the token expires (§1.3)
+DEFAULT_TOKEN_LIFETIME_S = 3600.0
+MAX_REASON_CHARS = 300
+MAX_RETRY_AFTER_S = 3600.0  # a broken Retry-After must not park the outbox for days
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one send attempt came to: delivered, retry later, or rejected for good."""
+
+    status: Literal["delivered", "retry", "rejected"]
+    reason: str | None = None
+    after_s: float | None = None  # retry: the server's Retry-After in seconds, if it gave one
+
+    @classmethod
+    def delivered(cls) -> Outcome:
+        return cls("delivered")
+
+    @classmethod
+    def retry(cls, after_s: float | None, reason: str) -> Outcome:
+        return cls("retry", reason, after_s)
+
+    @classmethod
+    def rejected(cls, reason: str) -> Outcome:
+        return cls("rejected", reason)
+
+
+class Transport(Protocol):
+    def send(self, body: str, event_id: str) -> Outcome: ...
+
+    def close(self) -> None: ...
+
+
+class LocalTransport:
+    """Delivers into the `events` table of the same store (the embedded default)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"LocalTransport({self.store!r})"
+
+    def send(self, body: str, event_id: str) -> Outcome:
+        try:
+            self.store.store_local_event(event_id, body)
+        except Exception as exc:  # e.g. the file is locked for longer than the busy timeout
+            return Outcome.retry(None, f"local store: {type(exc).__name__}: {exc}")
+        return Outcome.delivered()
+
+    def close(self) -> None:
+        """Nothing to release: the store belongs to the caller."""
+
+    def __enter__(self) -> LocalTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Secret:
+    """Holds a secret value; its repr and str never show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(url: str, field: str) -> str:
+    """`url` if it is an absolute https URL (http only for a loopback host), else ConfigError
+    naming `field`. Shared by every outbound endpoint (Caliper, token, OneRoster)."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"{field}: an endpoint URL is required", field=field)
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    shown = f"{parts.scheme}://{host}{parts.path}" if host else repr(url)  # never echo user:pass@
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(f"{field}: must be an absolute https URL, got {shown}", field=field)
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{field}: credentials do not belong in the URL ({shown})", field=field)
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ConfigError(
+            f"{field}: must use https (http is allowed only for 127.0.0.1, ::1 and localhost), got {shown}",
+            field=field,
+        )
+    return url.strip()
+
+
+def request_id(event_id: str) -> str:
+    """X-Request-ID: 8 characters, the same for every attempt at one event (and traceable to
+    it: the first 8 hex digits of the event's UUID when it has one)."""
+    match = re.search(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-", event_id)
+    if match:
+        return match.group(0)[:8].lower()
+    return hashlib.sha256(event_id.encode("utf-8")).hexdigest()[:8]
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """A Retry-After header (integer seconds or an HTTP date) as seconds from now, or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP dates are GMT
+        return None
+    delta = when.timestamp() - (time.time() if now is None else now)
+    return min(max(delta, 0.0), MAX_RETRY_AFTER_S)
+
+
+def error_message(response: httpx.Response) -> str:
+    """`[<status>] <message>` per protocol reference §1.6."""
+    text = response.text
+    message = None
+    try:
+        body = json.loads(text) if text else None
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        message = next(
+            (body[k] for k in ("message", "error", "imsx_description") if isinstance(body.get(k), str)), None
+        )
+    return f"[{response.status_code}] {message or text.strip() or f'HTTP {response.status_code}'}"
+
+
+class _TokenUnavailable(Exception):
+    """No access token could be had; the event stays queued."""
+
+
+class CaliperTransport:
+    """POSTs events to `event_url` with a bearer token from `token_url` (client credentials).
+
+    `client` (an `httpx.Client`) may be injected; it is then the caller's to close. The token is
+    cached until 60 s before it expires; threads share one in-flight token request.
+    """
+
+    def __init__(
+        self,
+        event_url: str,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        client: httpx.Client | None = None,
+        timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.event_url = check_endpoint(event_url, "TIMEBACK_CALIPER_URL")
+        self.token_url = check_endpoint(token_url, "TIMEBACK_AUTH_URL")
+        if not isinstance(client_id, str) or not client_id:
+            raise ConfigError("TIMEBACK_CLIENT_ID: required for the caliper transport", field="TIMEBACK_CLIENT_ID")
+        if not isinstance(client_secret, str) or not client_secret:
+            raise ConfigError(
+                "TIMEBACK_CLIENT_SECRET: required for the caliper transport", field="TIMEBACK_CLIENT_SECRET"
+            )
+        self.timeout = timeout
+        self._client_id = client_id
+        self._basic = _Secret("Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii"))
+        self._secret = _Secret(client_secret)
+        self._clock = clock
+        self._token: _Secret | None = None
+        self._token_expires = 0.0
+        self._token_lock = threading.Lock()
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.Client(timeout=timeout, verify=True)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"CaliperTransport(event_url={self.event_url!r}, token_url={self.token_url!r})"
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._token = None
+            if self._owns_client:
+                self._client.close()
+
+    def __enter__(self) -> CaliperTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- token ---------------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        """Remove anything secret from text that came from outside (a server may echo it)."""
+        for secret in (self._secret, self._token):
+            if secret is not None and secret.reveal():
+                text = text.replace(secret.reveal(), "***")
+        return text[:MAX_REASON_CHARS]
+
+    def _bearer(self) -> tuple[_Secret, str]:
+        """The cached token, or a fresh one (one request at a time; the others wait for it)."""
+        with self._token_lock:
+            token = self._token
+            if token is not None and self._clock() < self._token_expires:
+                return token, f"Bearer {token.reveal()}"
+            self._token = None
+            token, lifetime = self._fetch_token()
+            self._token = token
+            self._token_expires = self._clock() + max(lifetime - TOKEN_EARLY_REFRESH_S, 0.0)
+            return token, f"Bearer {token.reveal()}"
+
+    def _fetch_token(self) -> tuple[_Secret, float]:
+        try:
+            response = self._client.post(
+                self.token_url,
+                data={"grant_type": "client_credentials"},
+                headers={"Authorization": self._basic.reveal(), "Accept": "application/json"},
+                timeout=self.timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise _TokenUnavailable(f"token endpoint: {type(exc).__name__}: {self._scrub(str(exc))}") from None
+        if response.status_code != 200:
+            raise _TokenUnavailable(f"token endpoint: {self._scrub(error_message(response))}")
+        try:
+            payload = response.json()
+            token = payload["access_token"]
+            if not isinstance(token, str) or not token:
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise _TokenUnavailable("token endpoint: the reply has no access_token") from None
+        expires_in = payload.get("expires_in")
+        lifetime = (
+            float(expires_in)
+            if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool) and expires_in > 0
+            else DEFAULT_TOKEN_LIFETIME_S
+        )
+        log.debug("fetched an access token from %s (lifetime %.0f s)", self.token_url, lifetime)
+        return _Secret(token), lifetime
+
+    def _drop_token(self, token: _Secret) -> None:
+        with self._token_lock:
+            if self._token is token:  # another thread may already have fetched a new one
+                self._token = None
+
+    def _authorized(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request with the bearer token; on 401 the token is dropped and the request is
+        made once more with a fresh one. Raises `_TokenUnavailable` or `httpx.HTTPError`."""
+        headers = dict(kwargs.pop("headers", {}))
+        for attempt in (1, 2):
+            token, header = self._bearer()
+            response = self._client.request(
+                method, url, headers={**headers, "Authorization": header}, timeout=self.timeout, **kwargs
+            )
+            if response.status_code != 401 or attempt == 2:
+                return response
+            log.debug("%s %s: 401, fetching a new token and trying once more", method, url)
+            self._drop_token(token)
+        raise AssertionError("unreachable")
+
+    def get(self, url: str, *, params: dict[str, Any] | None = None) -> httpx.Response:
+        """An authorized GET on another service behind the same token (e.g. OneRoster).
+        Raises DeliveryError when no token can be had or the request fails."""
+        check_endpoint(url, "TIMEBACK_ONEROSTER_URL")
+        try:
+            return self._authorized("GET", url, params=params, headers={"Accept": "application/json"})
+        except _TokenUnavailable as exc:
+            raise DeliveryError(str(exc)) from None
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"GET {url}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send(self, body: str, event_id: str) -> Outcome:
+        if self._closed:
+            return Outcome.retry(None, "transport closed")
+        content = body.encode("utf-8") if isinstance(body, str) else body
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "X-Request-ID": request_id(event_id),
+        }
+        try:
+            response = self._authorized("POST", self.event_url, content=content, headers=headers)
+        except _TokenUnavailable as exc:
+            return Outcome.retry(None, str(exc))
+        except httpx.TimeoutException as exc:
+            return Outcome.retry(None, f"timeout after {self.timeout:g} s ({type(exc).__name__})")
+        except httpx.HTTPError as exc:
+            return Outcome.retry(None, f"{type(exc).__name__}: {self._scrub(str(exc)) or 'connection failed'}")
+        status = response.status_code
+        if status < 300:
+            return Outcome.delivered()
+        reason = self._scrub(error_message(response))
+        if status == 429 or status >= 500 or status in (401, 408):
+            # 401 here means a fresh token was refused too: a credentials problem, not the event's.
+            return Outcome.retry(retry_after_seconds(response.headers.get("Retry-After")), reason)
+        if status < 400:
+            return Outcome.rejected(f"{reason} (redirects are not followed; set TIMEBACK_CALIPER_URL to the final URL)")
+        return Outcome.rejected(reason)
