@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
-import ipaddress
 import json
 import logging
 import re
@@ -23,10 +22,10 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
-from urllib.parse import urlsplit
 
 import httpx
 
+from .config import check_endpoint
 from .errors import ConfigError, DeliveryError
 
 if TYPE_CHECKING:
@@ -108,35 +107,6 @@ class _Secret:
         return "<secret>"
 
     __str__ = __repr__
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_endpoint(url: str, field: str) -> str:
-    """`url` if it is an absolute https URL (http only for a loopback host), else ConfigError
-    naming `field`. Shared by every outbound endpoint (Caliper, token, OneRoster)."""
-    if not isinstance(url, str) or not url.strip():
-        raise ConfigError(f"{field}: an endpoint URL is required", field=field)
-    parts = urlsplit(url.strip())
-    host = parts.hostname or ""
-    shown = f"{parts.scheme}://{host}{parts.path}" if host else repr(url)  # never echo user:pass@
-    if parts.scheme not in ("http", "https") or not host:
-        raise ConfigError(f"{field}: must be an absolute https URL, got {shown}", field=field)
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(f"{field}: credentials do not belong in the URL ({shown})", field=field)
-    if parts.scheme == "http" and not _is_loopback(host):
-        raise ConfigError(
-            f"{field}: must use https (http is allowed only for 127.0.0.1, ::1 and localhost), got {shown}",
-            field=field,
-        )
-    return url.strip()
 
 
 def request_id(event_id: str) -> str:
