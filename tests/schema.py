@@ -27,7 +27,9 @@ from referencing.jsonschema import DRAFT202012
 
 from timeback_nb.validation import CALIPER_SUBJECTS
 
-OPENAPI_PATH = Path(__file__).resolve().parents[2] / "shared/reference/caliper-api.openapi.yaml"
+# Copies of ../shared/reference/ (Timeback's published Caliper API and the protocol reference),
+# so the tests run from any clone.
+OPENAPI_PATH = Path(__file__).resolve().parent / "fixtures/reference/caliper-api.openapi.yaml"
 PROTOCOL_PATH = OPENAPI_PATH.with_name("timeback-protocol.md")
 _DOC_URI = "urn:timeback:caliper-api"
 

@@ -133,7 +133,7 @@ def record(
     *,
     id: str,
     name: str,
-    course: Mapping[str, Any],
+    course: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any],
     run_id: str | None = None,
     user: str | Mapping[str, Any] | None = None,
@@ -149,9 +149,7 @@ def record(
     """
     activity_id = validate_activity_id(id)
     activity_name = validate_name(name)
-    if course is None:
-        raise invalid("course", 'required: {"subject": ..., "grade": ...} or {"code": ...}')
-    selector = validate_course_selector(course)
+    selector = None if course is None else validate_course_selector(course)
     checked = validate_metrics(metrics)
     explicit_run_id = None if run_id is None else validate_run_id(run_id)
     ended = validate_ended_at(ended_at) if ended_at is not None else _now_iso()
