@@ -1,0 +1,312 @@
+"""The background sender: drains the outbox through a transport, in order, and never gives up.
+
+One daemon thread per (store, endpoint) in a process. It leases rows from the store, sends them
+oldest first, and marks each one delivered, rejected (parked with the reason), or queued again
+with a retry delay: capped exponential backoff with full jitter per row, or the server's
+`Retry-After`. A failed attempt pauses the whole sender for that delay, because an outage or a
+rate limit concerns the endpoint, not one event. Leases are renewed by a small keeper thread
+while a send is in flight, so a slow endpoint never lets another kernel send the same row at
+the same time; a killed kernel stops renewing, and its rows are free again once the lease ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import ConfigError
+from .store import Row, Store
+from .transport import CaliperTransport, LocalTransport, Outcome, Transport
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+log = logging.getLogger(__name__)
+
+Status = dict[str, Any]  # {"queued": n, "delivered": n, "rejected": n, "last_error": str | None}
+
+IDLE_POLL_S = 15.0  # look for rows other (maybe dead) kernels left behind this often when idle
+FLUSH_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with full jitter: uniform(0, min(cap, base * 2**(n-1)))."""
+
+    base: float = 0.5
+    cap: float = 30.0
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        ceiling = min(self.cap, self.base * 2.0 ** max(attempt - 1, 0))
+        return ceiling * rand()
+
+
+def _default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Sender:
+    """Delivers the store's queued rows through `transport` on a daemon thread.
+
+    `start()` is a no-op while running; `stop()` is idempotent and joins. `on_status` is called
+    from the sender thread after each change and must be cheap.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        transport: Transport,
+        *,
+        owner: str | None = None,
+        lease_seconds: float = 15.0,
+        backoff: Backoff = Backoff(),
+        batch: int = 100,
+        on_status: Callable[[Status], None] | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.owner = owner or _default_owner()
+        self.lease_seconds = lease_seconds
+        self.backoff = backoff
+        self.batch = batch
+        self.on_status = on_status
+        self.last_error: str | None = None
+        self._rand = rand
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._expedite = False
+        self._pause_until = 0.0
+        self._held: list[int] = []  # leased seqs not yet finished (renewed by the keeper)
+        self._held_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._keeper: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Sender({self.store!r}, {self.transport!r}, owner={self.owner!r}, running={self.running})"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> Sender:
+        with self._start_lock:
+            if self.running:
+                return self
+            self._stop.clear()
+            self._wake.set()  # drain what earlier kernels left queued right away
+            self._thread = threading.Thread(target=self._run, name="timeback-sender", daemon=True)
+            self._keeper = threading.Thread(target=self._keep_leases, name="timeback-lease-keeper", daemon=True)
+            self._thread.start()
+            self._keeper.start()
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop after the send in flight (if any); rows not attempted are released."""
+        with self._start_lock:
+            thread, keeper = self._thread, self._keeper
+            self._stop.set()
+            self._wake.set()
+            for t in (thread, keeper):
+                if t is not None and t is not threading.current_thread():
+                    t.join(timeout)
+
+    def wake(self) -> None:
+        """Something was enqueued: look at the outbox now."""
+        self._wake.set()
+
+    def note_error(self, message: str) -> None:
+        """Report a problem found outside the sender (e.g. an event that could not be built)."""
+        self.last_error = message
+        self._report()
+
+    def flush(self, timeout: float = 10.0) -> dict[str, int]:
+        """Deliver what is queued now (earlier kernels' rows included, once their lease has run
+        out), cutting retry delays short; return when none of it is queued any more or after
+        `timeout` s. Counts cover the rows that were queued when flush was called."""
+        deadline = time.monotonic() + timeout
+        last = self.store.last_seq()
+        before = self.store.counts(max_seq=last)
+        self._expedite = True
+        self.start()
+        self._wake.set()
+        while True:
+            now_counts = self.store.counts(max_seq=last)
+            remaining = deadline - time.monotonic()
+            if now_counts["queued"] == 0 or remaining <= 0:
+                break
+            with self._changed:
+                self._changed.wait(min(remaining, FLUSH_POLL_S))
+        return {
+            "delivered": now_counts["delivered"] - before["delivered"],
+            "queued": now_counts["queued"],
+            "rejected": now_counts["rejected"] - before["rejected"],
+        }
+
+    # -- the sender thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and not self.store.closed:
+            try:
+                if not self._step():
+                    self._sleep()
+            except Exception as exc:  # e.g. the file stayed locked, disk full: keep the thread alive
+                if self.store.closed:
+                    break
+                log.warning("timeback sender: %s: %s", type(exc).__name__, exc)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._wake.wait(self.backoff.cap)
+                self._wake.clear()
+
+    def _sleep(self) -> None:
+        now = time.time()
+        if self._pause_until > now:
+            timeout = self._pause_until - now
+        else:
+            due = self.store.next_due()
+            timeout = IDLE_POLL_S if due is None else min(max(due - now, 0.0), IDLE_POLL_S)
+            if due is not None and timeout <= 0:
+                timeout = min(self.lease_seconds, IDLE_POLL_S) / 3  # others hold the free-looking rows
+        self._wake.wait(timeout)
+        self._wake.clear()
+        if self._expedite:
+            self._pause_until = 0.0
+
+    def _step(self) -> bool:
+        """Lease and send one batch; False when there was nothing to do (or we must wait)."""
+        if self._expedite:
+            self._expedite = False
+            self._pause_until = 0.0
+            self.store.expedite(time.time())
+        now = time.time()
+        if self._pause_until > now:
+            return False
+        rows = self.store.lease(self.owner, now, self.lease_seconds, self.batch)
+        if not rows:
+            return False
+        with self._held_lock:
+            self._held = [r.seq for r in rows]
+        try:
+            for row in rows:
+                if self._stop.is_set() or not self._deliver(row):
+                    break
+        finally:
+            with self._held_lock:
+                left, self._held = self._held, []
+            if left:
+                self.store.release(self.owner, left)
+            self._report()
+        return True
+
+    def _deliver(self, row: Row) -> bool:
+        """Send one row and record the outcome; False when the sender must pause."""
+        try:
+            outcome = self.transport.send(row.body, row.event_id)
+        except Exception as exc:  # a transport bug must not kill the sender or lose the row
+            log.exception("timeback sender: transport raised on %s", row.event_id)
+            outcome = Outcome.retry(None, f"{type(exc).__name__}: {exc}")
+        with self._held_lock:
+            self._held.remove(row.seq)
+        if outcome.status == "delivered":
+            self.store.mark_delivered(row.seq)
+            return True
+        if outcome.status == "rejected":
+            log.warning("timeback event %s rejected: %s", row.event_id, outcome.reason)
+            self.store.mark_rejected(row.seq, outcome.reason or "rejected")
+            self.last_error = outcome.reason
+            return True
+        delay = (
+            outcome.after_s if outcome.after_s is not None else self.backoff.delay(row.attempts + 1, self._rand)
+        )
+        now = time.time()
+        self.store.mark_retry(row.seq, outcome.reason or "retry", now + delay, owner=self.owner)
+        self._pause_until = now + delay
+        self.last_error = outcome.reason
+        log.info("timeback event %s not delivered (%s); next try in %.2f s", row.event_id, outcome.reason, delay)
+        return False
+
+    def _keep_leases(self) -> None:
+        period = self.lease_seconds / 3
+        while not self._stop.wait(period):
+            with self._held_lock:
+                held = list(self._held)
+            if held:
+                try:
+                    self.store.renew(self.owner, held, time.time(), self.lease_seconds)
+                except Exception as exc:
+                    log.debug("lease renewal failed: %s", exc)
+
+    def _report(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+        if self.on_status is None:
+            return
+        try:
+            status: Status = dict(self.store.counts(), last_error=self.last_error)
+            self.on_status(status)
+        except Exception:
+            log.exception("timeback sender: on_status failed")
+
+
+# -- the process-wide registry ---------------------------------------------------------------
+
+_registry: dict[tuple[str, ...], Sender] = {}
+_registry_lock = threading.Lock()
+
+
+def _registry_key(settings: Settings, store: Store) -> tuple[str, ...]:
+    if settings.transport == "local":
+        return (str(store.path), "local")
+    secret = hashlib.sha256((settings.client_secret or "").encode("utf-8")).hexdigest()
+    return (str(store.path), "caliper", settings.caliper_url, settings.auth_url, settings.client_id or "", secret)
+
+
+def make_transport(settings: Settings, store: Store) -> Transport:
+    """The transport `settings` ask for: the store's events table, or a Caliper endpoint."""
+    if settings.transport == "local":
+        return LocalTransport(store)
+    if settings.transport == "caliper":
+        return CaliperTransport(
+            settings.caliper_url, settings.auth_url, settings.client_id or "", settings.client_secret or ""
+        )
+    raise ConfigError(
+        f"TIMEBACK_NB_TRANSPORT: {settings.transport!r} is not a transport; allowed: local, caliper",
+        field="TIMEBACK_NB_TRANSPORT",
+    )
+
+
+def get_sender(settings: Settings, store: Store) -> Sender:
+    """The running sender for this store and endpoint (one per process), started on first use."""
+    key = _registry_key(settings, store)
+    with _registry_lock:
+        sender = _registry.get(key)
+        if sender is None or sender.store.closed:
+            sender = Sender(store, make_transport(settings, store))
+            _registry[key] = sender
+    return sender.start()
+
+
+def stop_senders(timeout: float = 2.0) -> None:
+    """Stop every registered sender and close its transport (at interpreter exit, in tests)."""
+    with _registry_lock:
+        senders = list(_registry.values())
+        _registry.clear()
+    for sender in senders:
+        sender.stop(timeout)
+        sender.transport.close()
+
+
+atexit.register(stop_senders)
