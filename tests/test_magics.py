@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,8 +12,11 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
+import timeback_nb
 from timeback_nb import magics
 from timeback_nb.magics import Command, TimebackMagics, parse_line
+from timeback_nb.outbox import stop_senders
+from timeback_nb.store import Store
 
 
 @pytest.fixture
@@ -202,3 +207,140 @@ def test_a_usage_error_is_one_line_not_a_traceback(
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err
     assert "UsageError: %timeback start: --subject and --grade go together" in captured.err
+
+
+# --- against the real API, local mode ---------------------------------------------------------
+
+CONFIG = {
+    "name": "Course Notebooks",
+    "sensor": "https://notebooks.example.org",
+    "courses": [
+        {"subject": "Math", "grade": 8, "ids": {"staging": "c-stg-8"}},
+        {"subject": "Other", "courseCode": "DS-101", "ids": {"staging": "c-stg-ds"}},
+    ],
+}
+
+
+@pytest.fixture
+def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shell: InteractiveShell) -> Iterator[Path]:
+    """A shell with the extension loaded, a config and a local store in tmp_path."""
+    config = tmp_path / "timeback.config.json"
+    config.write_text(json.dumps(CONFIG))
+    for name in ("TIMEBACK_CLIENT_ID", "TIMEBACK_CLIENT_SECRET", "TIMEBACK_ENV", "TIMEBACK_USER_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TIMEBACK_CONFIG", str(config))
+    monkeypatch.setenv("TIMEBACK_NB_STORE", str(tmp_path / "store.sqlite"))
+    monkeypatch.setenv("TIMEBACK_NB_TRANSPORT", "local")
+    monkeypatch.setenv("TIMEBACK_USER_EMAIL", "student@example.edu")
+    magics.load_ipython_extension(shell)
+    yield tmp_path
+    running = timeback_nb.current()
+    if running is not None:
+        running.end()
+        running.shutdown()
+    stop_senders()
+
+
+def _run(shell: InteractiveShell, capsys: pytest.CaptureFixture[str], line: str) -> tuple[str, str]:
+    result = shell.run_cell(line)
+    assert result.success, result.error_in_exec
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    return captured.out, captured.err
+
+
+def _wait_finished(activity: timeback_nb.Activity) -> None:
+    deadline = time.monotonic() + 5
+    while not activity.finished and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert activity.finished
+
+
+def test_a_whole_run_through_the_magic(
+    local: Path, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    activity = shell.run_line_magic(
+        "timeback", 'start week-3 --name "Week 3: Linear functions" --subject Math --grade 8 --interval 5'
+    )
+    assert isinstance(activity, timeback_nb.Activity)
+    assert timeback_nb.current() is activity
+    assert (activity.id, activity.name, dict(activity.course)) == (
+        "week-3", "Week 3: Linear functions", {"subject": "Math", "grade": 8}
+    )
+
+    out, _ = _run(shell, capsys, "%timeback status")
+    assert out.splitlines()[0] == "week-3 · Week 3: Linear functions (subject=Math, grade=8)"
+    assert f"  run id   {activity.run_id}" in out
+    assert "local mode" in out
+
+    out, _ = _run(shell, capsys, "%timeback pause")
+    assert activity.is_paused and out.startswith("week-3: paused, active ")
+    out, _ = _run(shell, capsys, "%timeback resume")
+    assert not activity.is_paused
+
+    _run(shell, capsys, "%timeback end --xp 12 --total 10 --correct 8 --mastered 1 --pct 40")
+    _wait_finished(activity)
+    assert timeback_nb.current() is None
+    assert timeback_nb.flush(timeout=5)["queued"] == 0
+    with Store(local / "store.sqlite") as store:
+        sent = [json.loads(row["body"])["data"][0] for row in store.local_events()]
+    completion = sent[-1]
+    assert completion["type"] == "ActivityEvent"
+    assert completion["session"] == f"urn:uuid:{activity.run_id}"
+    assert completion["generated"]["items"] == [
+        {"type": "totalQuestions", "value": 10},
+        {"type": "correctQuestions", "value": 8},
+        {"type": "xpEarned", "value": 12},
+        {"type": "masteredUnits", "value": 1},
+    ]
+    assert completion["generated"]["extensions"] == {"pctCompleteApp": 40}
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ("%timeback end --xp -1", "xpEarned"),
+        ("%timeback end --xp 1 --total 3 --correct 4", "correctQuestions"),
+        ("%timeback end --xp 1 --pct 101", "pctComplete"),
+        ("%timeback end --total 3 --correct 2", "xpEarned"),
+        ("%timeback start other --name Other --code DS-101", "already running"),
+    ],
+)
+def test_a_refused_command_is_one_line_on_stderr_and_the_activity_runs_on(
+    local: Path, shell: InteractiveShell, capsys: pytest.CaptureFixture[str], line: str, field: str
+) -> None:
+    activity = shell.run_line_magic("timeback", "start week-3 --name Week3 --subject Math --grade 8")
+    capsys.readouterr()
+    out, err = _run(shell, capsys, line)
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("timeback: ") and field in err
+    assert timeback_nb.current() is activity and not activity.ended
+
+
+def test_commands_without_a_running_activity_say_how_to_start_one(
+    local: Path, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in ("status", "pause", "resume", "end --xp 1"):
+        out, err = _run(shell, capsys, f"%timeback {command}")
+        assert out == ""
+        assert err == "timeback: no activity is running; start one with %timeback start ID --name NAME (or timeback_nb.start)\n"
+
+
+def test_start_with_an_unknown_course_names_the_configured_ones(
+    local: Path, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, err = _run(shell, capsys, "%timeback start week-3 --name W --subject Math --grade 9")
+    assert err.startswith("timeback: course: no course in") and '{"subject": "Math", "grade": 8}' in err
+    assert timeback_nb.current() is None
+
+
+def test_time_off_and_a_one_line_end(local: Path, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    activity = shell.run_line_magic("timeback", "start quiz --name Quiz --code DS-101 --no-time")
+    assert activity.track_time is False
+    out, _ = _run(shell, capsys, "%timeback end --xp 3")
+    assert out.startswith("quiz: ended")
+    _wait_finished(activity)
+    timeback_nb.flush(timeout=5)
+    with Store(local / "store.sqlite") as store:
+        kinds = [json.loads(row["body"])["data"][0]["type"] for row in store.local_events()]
+    assert kinds == ["ActivityEvent"]  # completion only, no time
