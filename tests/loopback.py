@@ -31,11 +31,16 @@ USERS_PATH = "/ims/oneroster/rostering/v1p2/users"
 class Fault:
     """What the event endpoint does with one request instead of storing it and replying 200."""
 
-    kind: str  # "status" | "drop_after_store" | "slow" | "revoke_token"
+    kind: str  # "pass" | "status" | "drop_after_store" | "slow" | "revoke_token"
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: str = ""
     seconds: float = 0.0
+
+    @classmethod
+    def none(cls) -> Fault:
+        """Handle this request normally (to aim a later fault at a later request)."""
+        return cls("pass")
 
     @classmethod
     def reply(cls, status: int, body: Any = None, headers: dict[str, str] | None = None) -> Fault:
@@ -222,6 +227,7 @@ class LoopbackServer:
                 fault = Fault.reply(self._outage_status, {"message": "down for maintenance"})
             if fault is not None and fault.kind == "revoke_token":
                 self.tokens.clear()
+            if fault is not None and fault.kind in ("pass", "revoke_token"):
                 fault = None
         try:
             if self.delay:

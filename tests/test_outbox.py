@@ -256,10 +256,22 @@ def test_flush_cuts_a_long_retry_delay_short(store: Store, senders) -> None:
     assert time.monotonic() - start < 2
 
 
+def test_flush_does_not_cut_a_servers_retry_after_short(store: Store, senders) -> None:
+    fill(store, 1)
+    transport = ScriptedTransport(Outcome.retry(0.4, "[429] slow down"))
+    sender = senders(store, transport)
+    sender.start()
+    wait_for(lambda: len(transport.sends) == 1)
+    assert sender.flush(5)["delivered"] == 1
+    (_, first), (_, second) = transport.sends
+    assert second - first >= 0.39
+
+
 def test_flush_counts_only_what_was_queued_when_it_was_called(store: Store, senders) -> None:
     fill(store, 2, prefix="old")
     sender = senders(store, ScriptedTransport())
     assert sender.flush(5)["delivered"] == 2
+    sender.stop()  # so that nothing is sent before the next flush looks (it starts the sender again)
     fill(store, 3, prefix="new")
     assert sender.flush(5) == {"delivered": 3, "queued": 0, "rejected": 0}
 

@@ -247,16 +247,19 @@ def test_expedite_cuts_retry_delays_but_not_live_leases(store: Store) -> None:
     fill(store, [("e1", "r1"), ("e2", "r2")])
     rows = store.lease("A", 100.0, 15, 10)
     store.mark_retry(rows[0].seq, "down", 1000.0, owner="A")
-    assert store.next_due() == 115.0  # e2's lease
+    assert store.next_due(101.0) == 115.0  # e2's lease ends first
     assert store.expedite(101.0) == 1
-    assert store.next_due() == 0.0
+    assert store.next_due(101.0) == 115.0
     assert [r.event_id for r in store.lease("B", 101.0, 15, 10)] == ["e1"]
 
 
-def test_next_due_is_none_when_nothing_is_queued(store: Store) -> None:
-    assert store.next_due() is None
-    fill(store, [("e1", None)])
-    assert store.next_due() == 0.0
+def test_next_due_is_when_a_lease_or_delay_ends(store: Store) -> None:
+    assert store.next_due(100.0) is None
+    fill(store, [("e1", "r1"), ("e2", "r1")])
+    assert store.next_due(100.0) == 100.0  # free now
+    store.lease("A", 100.0, 15, 1)
+    assert store.next_due(101.0) == 115.0  # e2 is free but waits behind A's e1
+    assert store.next_due(116.0) == 116.0
 
 
 def test_counts_can_be_limited_to_older_rows(store: Store) -> None:

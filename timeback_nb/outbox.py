@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 Status = dict[str, Any]  # {"queued": n, "delivered": n, "rejected": n, "last_error": str | None}
 
 IDLE_POLL_S = 15.0  # look for rows other (maybe dead) kernels left behind this often when idle
+BUSY_POLL_S = 1.0  # how often to look while other senders hold the queued rows
+MIN_WAIT_S = 0.02
 FLUSH_POLL_S = 0.05
 
 
@@ -86,7 +88,8 @@ class Sender:
         self._stop = threading.Event()
         self._changed = threading.Condition()
         self._expedite = False
-        self._pause_until = 0.0
+        self._pause_until = 0.0  # our own backoff after a failure (a flush cuts it short)
+        self._hold_until = 0.0  # the endpoint's Retry-After (honoured even by a flush)
         self._held: list[int] = []  # leased seqs not yet finished (renewed by the keeper)
         self._held_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -135,7 +138,7 @@ class Sender:
 
     def flush(self, timeout: float = 10.0) -> dict[str, int]:
         """Deliver what is queued now (earlier kernels' rows included, once their lease has run
-        out), cutting retry delays short; return when none of it is queued any more or after
+        out), cutting backoff delays short (not a server's Retry-After); return when none of it is queued any more or after
         `timeout` s. Counts cover the rows that were queued when flush was called."""
         deadline = time.monotonic() + timeout
         last = self.store.last_seq()
@@ -173,13 +176,14 @@ class Sender:
 
     def _sleep(self) -> None:
         now = time.time()
-        if self._pause_until > now:
-            timeout = self._pause_until - now
+        paused = max(self._pause_until, self._hold_until)
+        if paused > now:
+            timeout = paused - now
         else:
-            due = self.store.next_due()
-            timeout = IDLE_POLL_S if due is None else min(max(due - now, 0.0), IDLE_POLL_S)
-            if due is not None and timeout <= 0:
-                timeout = min(self.lease_seconds, IDLE_POLL_S) / 3  # others hold the free-looking rows
+            due = self.store.next_due(now)
+            # Rows are queued but none was free for us: another sender holds them or their run,
+            # and may finish any moment, so look again soon (but never spin).
+            timeout = IDLE_POLL_S if due is None else min(max(due - now, MIN_WAIT_S), BUSY_POLL_S)
         self._wake.wait(timeout)
         self._wake.clear()
         if self._expedite:
@@ -192,7 +196,7 @@ class Sender:
             self._pause_until = 0.0
             self.store.expedite(time.time())
         now = time.time()
-        if self._pause_until > now:
+        if max(self._pause_until, self._hold_until) > now:
             return False
         rows = self.store.lease(self.owner, now, self.lease_seconds, self.batch)
         if not rows:
@@ -228,12 +232,14 @@ class Sender:
             self.store.mark_rejected(row.seq, outcome.reason or "rejected")
             self.last_error = outcome.reason
             return True
-        delay = (
-            outcome.after_s if outcome.after_s is not None else self.backoff.delay(row.attempts + 1, self._rand)
-        )
         now = time.time()
+        if outcome.after_s is not None:
+            delay = outcome.after_s
+            self._hold_until = now + delay
+        else:
+            delay = self.backoff.delay(row.attempts + 1, self._rand)
+            self._pause_until = now + delay
         self.store.mark_retry(row.seq, outcome.reason or "retry", now + delay, owner=self.owner)
-        self._pause_until = now + delay
         self.last_error = outcome.reason
         log.info("timeback event %s not delivered (%s); next try in %.2f s", row.event_id, outcome.reason, delay)
         return False

@@ -271,6 +271,11 @@ class Store:
         """Commit one event to the outbox; False when `event_id` is already there (a replay)."""
         return self._insert(event_id, kind, run_id, body, "queued", None)
 
+    def known(self, event_id: str) -> bool:
+        """Whether the outbox already has a row with this event id."""
+        with self._tx(write=False) as conn:
+            return conn.execute("SELECT 1 FROM outbox WHERE event_id = ?", (event_id,)).fetchone() is not None
+
     def park(self, event_id: str, kind: str, run_id: str | None, body: str, reason: str) -> bool:
         """Keep something that cannot be sent (e.g. a record no event could be built from) as
         a *rejected* row, so it is shown and never silently dropped."""
@@ -363,13 +368,18 @@ class Store:
             )
         return cur.rowcount
 
-    def next_due(self) -> float | None:
-        """When the next queued row may be free (0.0: now-ish; None: nothing queued)."""
+    def next_due(self, now: float) -> float | None:
+        """None when nothing is queued; else the earliest moment after `now` at which a lease or
+        retry delay of a queued row ends (`now` itself when none is running)."""
         with self._tx(write=False) as conn:
-            row = conn.execute(
-                "SELECT COUNT(*), MIN(COALESCE(lease_until, 0)) FROM outbox WHERE state = 'queued'"
+            count, until = conn.execute(
+                "SELECT COUNT(*), MIN(CASE WHEN lease_until > ? THEN lease_until END)"
+                " FROM outbox WHERE state = 'queued'",
+                (now,),
             ).fetchone()
-        return None if row[0] == 0 else float(row[1])
+        if count == 0:
+            return None
+        return now if until is None else float(until)
 
     def last_seq(self) -> int:
         with self._tx(write=False) as conn:
