@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -432,11 +433,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run_jupyterlab(command: list[str], cwd: Path, env: Mapping[str, str]) -> int:
-    """Run JupyterLab in the foreground until it exits (Ctrl-C stops it)."""
+    """Run JupyterLab in the foreground until it exits.
+
+    Ctrl-C reaches the whole process group: JupyterLab handles it (asks, then shuts its kernels
+    down, so their last windows are written). This process only waits for that, instead of
+    killing the server from under its kernels.
+    """
+    process = subprocess.Popen(command, cwd=cwd, env=dict(env))
     try:
-        return subprocess.call(command, cwd=cwd, env=dict(env))
-    except KeyboardInterrupt:
-        return 0
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: no signal handling to change
+        previous = None
+    try:
+        return process.wait()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":
