@@ -394,3 +394,29 @@ def test_demo_script_serves_the_demo_notebook_in_a_real_jupyterlab(tmp_path: Pat
         output = process.communicate(timeout=30)[0].decode()
     # The store path the demo uses is the one it tells the operator to inspect.
     assert f"TIMEBACK_NB_STORE={folder / '.timeback' / 'store.sqlite'} timeback-nb events" in output
+
+
+def test_check_says_where_the_student_identity_comes_from(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["check"]) == 0
+    assert "user          not set: local mode records as <login>@localhost" in capsys.readouterr().out
+
+    monkeypatch.setenv("TIMEBACK_CLIENT_ID", "client-abc")
+    monkeypatch.setenv("TIMEBACK_CLIENT_SECRET", SECRET)
+    assert cli.main(["check"]) == 0  # usable: start(user=...) can still name the student
+    out = capsys.readouterr().out
+    assert "user          not set: every start() must pass user=" in out
+    assert "note: no TIMEBACK_USER_EMAIL or TIMEBACK_USER_ID" in out
+
+    monkeypatch.setenv("TIMEBACK_USER_EMAIL", "student@example.edu")
+    assert cli.main(["check"]) == 0
+    assert "sourcedId to be looked up in OneRoster (https://api.staging.alpha-1edtech.ai)" in capsys.readouterr().out
+    with _store(env) as store:
+        store.remember_user_id("student@example.edu", "staging", "u-remembered")
+    assert cli.main(["check"]) == 0
+    assert "sourcedId u-remembered, remembered from an earlier look-up" in capsys.readouterr().out
+
+    monkeypatch.setenv("TIMEBACK_USER_ID", "u-given")
+    assert cli.main(["check"]) == 0
+    assert "TIMEBACK_USER_ID u-given (the OneRoster sourcedId, used as given)" in capsys.readouterr().out

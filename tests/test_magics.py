@@ -165,15 +165,17 @@ def test_load_twice_registers_once_and_unload_removes_exactly_that(shell: Intera
     assert _line_magics(shell) == line_before
 
 
-def test_load_ext_and_unload_ext_through_ipython(shell: InteractiveShell) -> None:
+@pytest.mark.parametrize("extension", ["timeback_nb", "timeback_nb.magics"])
+def test_load_ext_and_unload_ext_through_ipython(shell: InteractiveShell, extension: str) -> None:
     before = set(_line_magics(shell))  # names: IPython itself loads %load_ext lazily
-    shell.run_line_magic("load_ext", "timeback_nb.magics")
+    shell.run_line_magic("load_ext", extension)
     assert "timeback" in shell.magics_manager.magics["line"]
-    shell.run_line_magic("unload_ext", "timeback_nb.magics")
+    shell.run_line_magic("unload_ext", extension)
     assert set(_line_magics(shell)) == before
     assert "TimebackMagics" not in shell.magics_manager.registry
-    shell.run_line_magic("load_ext", "timeback_nb.magics")  # and it loads again
+    shell.run_line_magic("load_ext", extension)  # and it loads again
     assert "timeback" in shell.magics_manager.magics["line"]
+    shell.run_line_magic("unload_ext", extension)
 
 
 def test_unload_puts_back_a_timeback_magic_that_was_there_before(shell: InteractiveShell) -> None:

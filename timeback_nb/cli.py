@@ -241,19 +241,29 @@ def _print_settings(settings: Settings, notes: list[str]) -> None:
         f"credentials   TIMEBACK_CLIENT_ID {present[bool(settings.client_id)]}, "
         f"TIMEBACK_CLIENT_SECRET {present[bool(settings.client_secret)]}"
     )
+    email = settings.user_email
     if settings.user_id:
-        user = "TIMEBACK_USER_ID (the OneRoster sourcedId, used as given)"
-    elif settings.user_email:
-        user = (
-            f"TIMEBACK_USER_EMAIL {settings.user_email} (sourcedId looked up in OneRoster at "
-            f"{settings.oneroster_url} once, then remembered in the store)"
+        user = f"TIMEBACK_USER_ID {settings.user_id} (the OneRoster sourcedId, used as given)"
+        if email:
+            user += f", TIMEBACK_USER_EMAIL {email}"
+    elif email and settings.transport == "local":
+        user = f"TIMEBACK_USER_EMAIL {email} (local mode: no OneRoster look-up)"
+    elif email:
+        remembered = None
+        if settings.store_path.exists():
+            with Store(settings.store_path) as store:
+                remembered = store.cached_user_id(email, settings.env)
+        how = (
+            f"sourcedId {remembered}, remembered from an earlier look-up"
+            if remembered
+            else f"sourcedId to be looked up in OneRoster ({settings.oneroster_url}) on first use"
         )
+        user = f"TIMEBACK_USER_EMAIL {email} ({how})"
+    elif settings.transport == "local":
+        user = "not set: local mode records as <login>@localhost, or start(user=...)"
     else:
-        user = "not set in the environment: start(user=...) must name the student"
-        if settings.transport == "caliper":
-            notes.append(
-                "no TIMEBACK_USER_EMAIL or TIMEBACK_USER_ID: every start() must pass user=..."
-            )
+        user = "not set: every start() must pass user={'email': ...}"
+        notes.append("no TIMEBACK_USER_EMAIL or TIMEBACK_USER_ID: every start() must pass user=...")
     print(f"user          {user}")
 
 
