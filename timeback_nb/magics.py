@@ -20,13 +20,21 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
+from . import api
 from .errors import StateError, TimebackError
 from .widget import _clock_text  # the page's own elapsed-time format, so both read alike
 
 if TYPE_CHECKING:
     from .activity import Activity
 
-__all__ = ["TimebackMagics", "load_ipython_extension", "parse_line", "unload_ipython_extension"]
+__all__ = [
+    "Command",
+    "TimebackMagics",
+    "describe",
+    "load_ipython_extension",
+    "parse_line",
+    "unload_ipython_extension",
+]
 
 MAGIC_NAME = "timeback"
 
@@ -204,14 +212,15 @@ def _fail(message: str) -> None:
 class TimebackMagics(Magics):
     """``%timeback start|status|pause|resume|end``: a line for each call of the public API."""
 
+    def __init__(self, shell: InteractiveShell, replaced: Any = None) -> None:
+        super().__init__(shell)
+        self.replaced = replaced  # the `%timeback` this one shadows, put back on unload
+
     @line_magic(MAGIC_NAME)
     def timeback(self, line: str = "") -> Any:
         command = parse_line(line)
         if command.action == "help":
             return None
-        # Imported here, not at load: `%load_ext` stays cheap and api imports nothing of ours.
-        from . import api
-
         try:
             if command.action == "start":
                 return api.start(**command.kwargs)
@@ -261,35 +270,33 @@ def _one_line(activity: Activity) -> str:
     return f"{activity.id}: {now['state']}, active {_clock_text(now['elapsedMs'])}"
 
 
-def _own_entry(shell: InteractiveShell) -> Any:
-    """Our registered `%timeback`, or None when it is not (or no longer) ours."""
-    entry = shell.magics_manager.magics["line"].get(MAGIC_NAME)
-    owner = getattr(entry, "__self__", None)
-    return entry if isinstance(owner, TimebackMagics) else None
-
-
-# shell -> the `%timeback` it had before we loaded (None when there was none).
-_previous: dict[int, Any] = {}
+def _ours(shell: InteractiveShell) -> TimebackMagics | None:
+    """The TimebackMagics behind the shell's `%timeback`, or None when it is not (or no longer) ours."""
+    owner = getattr(shell.magics_manager.magics["line"].get(MAGIC_NAME), "__self__", None)
+    return owner if isinstance(owner, TimebackMagics) else None
 
 
 def load_ipython_extension(shell: InteractiveShell) -> None:
     """``%load_ext timeback_nb``: register ``%timeback`` once per shell."""
-    if _own_entry(shell) is not None:
+    if _ours(shell) is not None:
         return
-    _previous[id(shell)] = shell.magics_manager.magics["line"].get(MAGIC_NAME)
-    shell.register_magics(TimebackMagics(shell))
+    replaced = shell.magics_manager.magics["line"].get(MAGIC_NAME)
+    shell.register_magics(TimebackMagics(shell, replaced))
 
 
 def unload_ipython_extension(shell: InteractiveShell) -> None:
-    """``%unload_ext timeback_nb``: remove what load added, restore what it replaced."""
-    if _own_entry(shell) is None:
+    """``%unload_ext timeback_nb``: remove what load added, restore what it replaced.
+
+    A running activity keeps running: unloading removes the magic, not the tracking.
+    """
+    magics = _ours(shell)
+    if magics is None:
         return
     line_magics = shell.magics_manager.magics["line"]
-    previous = _previous.pop(id(shell), None)
-    if previous is None:
+    if magics.replaced is None:
         del line_magics[MAGIC_NAME]
     else:
-        line_magics[MAGIC_NAME] = previous
+        line_magics[MAGIC_NAME] = magics.replaced
     registry = shell.magics_manager.registry
-    if isinstance(registry.get(TimebackMagics.__name__), TimebackMagics):
+    if registry.get(TimebackMagics.__name__) is magics:
         del registry[TimebackMagics.__name__]
