@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import httpx
 import pytest
 
 from timeback_nb import cli
+from timeback_nb.outbox import stop_senders
 from timeback_nb.events import Target, completion_envelope, dumps, event_id, time_spent_envelope
 from timeback_nb.records import ActivityRef, Completion, TimeWindow
 from timeback_nb.store import Store
@@ -420,3 +423,44 @@ def test_check_says_where_the_student_identity_comes_from(
     monkeypatch.setenv("TIMEBACK_USER_ID", "u-given")
     assert cli.main(["check"]) == 0
     assert "TIMEBACK_USER_ID u-given (the OneRoster sourcedId, used as given)" in capsys.readouterr().out
+
+
+# --- flush ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def senders() -> Iterator[None]:
+    yield
+    stop_senders()
+
+
+def test_flush_delivers_what_is_queued_locally(
+    env: Path, senders: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _store(env) as store:
+        bodies = _fill(store)  # one of the three is still queued
+    assert cli.main(["flush", "--timeout", "5"]) == 0
+    # "delivered" counts what this flush call delivered; the sender it starts may be quicker.
+    assert re.fullmatch(r"delivered [01], queued 0, rejected 0\n", capsys.readouterr().out)
+    with _store(env) as store:
+        assert [row["body"] for row in store.local_events()] == [bodies[2]]
+        assert store.counts() == {"queued": 0, "delivered": 2, "rejected": 1}
+
+
+def test_flush_exits_1_while_the_endpoint_is_unreachable(
+    env: Path, senders: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    monkeypatch.setenv("TIMEBACK_CLIENT_ID", "client-abc")
+    monkeypatch.setenv("TIMEBACK_CLIENT_SECRET", SECRET)
+    monkeypatch.setenv("TIMEBACK_AUTH_URL", f"{closed}/oauth2/token")
+    monkeypatch.setenv("TIMEBACK_CALIPER_URL", f"{closed}/caliper/event")
+    with _store(env) as store:
+        _fill(store)
+    assert cli.main(["flush", "--timeout", "0.5"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "delivered 0, queued 1, rejected 0\n"
+    assert "1 event(s) still queued; `timeback-nb events --state queued` shows why" in captured.err
+    assert SECRET not in captured.out + captured.err
+    with _store(env) as store:
+        assert store.counts()["queued"] == 1  # kept for the next try
