@@ -464,3 +464,22 @@ def test_flush_exits_1_while_the_endpoint_is_unreachable(
     assert SECRET not in captured.out + captured.err
     with _store(env) as store:
         assert store.counts()["queued"] == 1  # kept for the next try
+
+
+def test_check_a_sensor_missing_only_in_the_other_env_is_a_note(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = {
+        "name": "Staging only",
+        "courses": [
+            {"subject": "Math", "grade": 8, "ids": {"staging": "c-stg-8"},
+             "overrides": {"staging": {"sensor": "https://staging.notebooks.example.org"}}},
+        ],
+    }
+    (env / "course" / "timeback.config.json").write_text(json.dumps(config))
+    assert cli.main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "note: " in out and "has no sensor for production" in out
+    monkeypatch.setenv("TIMEBACK_ENV", "production")
+    assert cli.main(["check"]) == 1
+    assert "has no sensor for production" in capsys.readouterr().err

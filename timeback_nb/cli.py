@@ -184,7 +184,9 @@ def _check(args: argparse.Namespace) -> int:
     config = None
     if path is not None:
         try:
-            config = load_config(path)
+            # As the kernel loads it: start-up checks for the env in use; the other env's
+            # problems show up below as notes.
+            config = load_config(path, settings.env if settings is not None else None)
         except TimebackError as exc:
             problems.append(str(exc))
 
