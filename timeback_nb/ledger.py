@@ -291,6 +291,8 @@ class Ledger:
         for presence in self._present():
             horizon = presence.at(presence.last_t)
             known = min(known, horizon if presence.visible_now else max(horizon, confirmed))
+        if not self.pages_seen and self.end_at is not None:
+            return now  # ended with no page ever: nothing to wait for (a headless run)
         if not self.pages_seen or not self._present():
             known = min(known, confirmed)  # a page may be saying hello behind a busy cell
         return int(known)
