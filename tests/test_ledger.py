@@ -103,3 +103,13 @@ def test_resume_after_abandonment_while_paused_starts_a_new_segment_at_the_resum
     tab.send("ping", True, 7_250)
     windows = ledger.advance(7_250)
     assert [(w.segment, w.start, w.end, w.active_ms) for w in windows] == [(1, 6_200, 7_200, 1_000)]
+
+
+def test_an_end_with_no_page_ever_settles_at_once_even_inside_a_busy_cell() -> None:
+    ledger = Ledger(start=0, interval_ms=1_000)
+    ledger.cell_started(100)
+    assert ledger.advance(2_500) == []  # a page's hello could still be queued behind the cell
+    ledger.end(2_500)
+    windows = ledger.advance(2_500)
+    assert [(w.start, w.end, w.active_ms) for w in windows] == [(0, 1_000, 0), (1_000, 2_000, 0), (2_000, 2_500, 0)]
+    assert ledger.finished
