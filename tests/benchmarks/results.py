@@ -68,6 +68,7 @@ class Row:
     baseline: float | None = None  # the same-run baseline's median, in the metric's unit
     baseline_text: str = ""  # what the baseline is, e.g. "bare SQLite insert + httpx POST"
     digits: int = 2  # decimals to show
+    over_baseline: bool = False  # the metric is already measured over the baseline: no ratio
     notes: list[str] = field(default_factory=list)  # facts worth a line under the table
 
     def __post_init__(self) -> None:
@@ -81,7 +82,7 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        if self.baseline is None or self.baseline == 0:
+        if self.baseline is None or self.baseline == 0 or self.over_baseline:
             return None
         return self.median / self.baseline
 
