@@ -1,4 +1,4 @@
-// Pure page helpers of the timeback_nb widget (no DOM, no model), tested with `node --test`.
+// Pure helpers of the widget's page side (no DOM, no model), tested with `node --test`.
 
 /** Active time as a clock: "0:07", "12:34", "1:02:03". @param {number} ms @returns {string} */
 export function formatElapsed(ms) {
@@ -23,7 +23,7 @@ export function buildReport(pageId, seq, kind, visible, t) {
 export function newPageId() {
   const c = globalThis.crypto;
   if (c && typeof c.randomUUID === "function") return c.randomUUID();
-  return Array.from({ length: 4 }, () => Math.random().toString(16).slice(2, 10)).join("-");
+  return `${Math.random().toString(16).slice(2)}-${Math.random().toString(16).slice(2)}`;
 }
 
 const STATES = ["active", "hidden", "paused", "abandoned", "ended"];

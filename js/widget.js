@@ -1,30 +1,29 @@
-// The page side of timeback_nb: `initialize` (once per page) reports visibility facts to the
-// kernel; `render` (once per view) shows the active time. Kernel → page: synced traits + "ack".
+// timeback_nb's page side: initialize (per page) reports visibility; render (per view) shows time.
 import { buildReport, clampPingDelay, displayedElapsed, formatElapsed, newPageId, stateLabel } from "./format.js";
 
 /** @typedef {{get(k: string): any, send(m: object): void, on(e: string, f: Function): void,
  *   off(e: string, f: Function): void}} Model */
 
-/** Reporting lives here, not in render: a widget shown twice, or a page with no view (reload,
- * second browser), reports exactly once per page. @param {{model: Model}} ctx */
+/** Here, not in render: a widget shown twice, or a page with no view (reload, second browser),
+ * reports once per page. @param {{model: Model}} ctx */
 function initialize({ model }) {
   const page = newPageId();
   let seq = 0;
   let delay = clampPingDelay(undefined);
-  let gone = false; // after pagehide: no pings unless the page comes back (bfcache)
-  let open = true;
+  let gone = false;
   /** @type {any} */
   let timer;
   const report = (/** @type {"transition"|"ping"|"bye"} */ kind, visible = document.visibilityState === "visible") => {
-    if (!open) return;
     try {
       model.send(buildReport(page, ++seq, kind, visible, performance.now()));
     } catch {
-      // comm closing: the kernel treats a silent page as gone
+      // comm closing: a silent page counts as gone
     }
   };
-  const onChange = () => { gone = false; report("transition"); };
-  const onFreeze = () => report("transition", false);
+  // After pagehide (unload still fires visibilitychange) the page is silent until pageshow.
+  const onChange = () => gone || report("transition");
+  const onFreeze = () => gone || report("transition", false);
+  const onShow = () => { gone = false; report("transition"); };
   const onHide = () => { report("bye", false); gone = true; };
   const onAck = (/** @type {any} */ msg) => {
     if (msg && msg.type === "ack") delay = clampPingDelay(msg.nextPingMs);
@@ -38,23 +37,24 @@ function initialize({ model }) {
     [document, "visibilitychange", onChange],
     [document, "freeze", onFreeze],
     [document, "resume", onChange],
-    [window, "pageshow", onChange],
+    [window, "pageshow", onShow],
     [window, "pagehide", onHide],
   ];
   for (const [target, type, fn] of listeners) target.addEventListener(type, fn);
   model.on("msg:custom", onAck);
   report("transition");
-  timer = setTimeout(ping, delay);
+  // A quick first ping: its reply moves the comm onto the kernel's comm subshell (ipykernel
+  // routes a comm to the shell of its last reply): live reports during busy cells.
+  timer = setTimeout(ping, 250);
   return () => {
     report("bye", false);
-    open = false;
     clearTimeout(timer);
     for (const [target, type, fn] of listeners) target.removeEventListener(type, fn);
     model.off("msg:custom", onAck);
   };
 }
 
-// Jupyter theme variables; neutral fallbacks where they are missing (VS Code, Colab).
+// Jupyter theme variables; neutral fallbacks elsewhere (VS Code, Colab).
 const CSS = `.tbnb{display:inline-flex;align-items:center;gap:.5em;padding:.1em .7em;border-radius:1em;
 border:1px solid var(--jp-border-color2,#8884);background:var(--jp-layout-color2,#8882);
 color:var(--jp-ui-font-color1,inherit);font:var(--jp-ui-font-size1,13px)/1.7 var(--jp-ui-font-family,sans-serif)}
@@ -69,8 +69,7 @@ color:var(--jp-ui-font-color1,inherit);font:var(--jp-ui-font-size1,13px)/1.7 var
 .tbnb[data-trouble=rejected] .tbnb-chip{color:var(--jp-error-color0,#b71c1c)}
 .tbnb-sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}`;
 
-/** The elapsed-time view, ticking locally between kernel updates.
- * @param {{model: Model, el: HTMLElement}} ctx */
+/** Elapsed time, ticking locally between kernel updates. @param {{model: Model, el: HTMLElement}} ctx */
 function render({ model, el }) {
   el.innerHTML = `<style>${CSS}</style><div class="tbnb"><i aria-hidden="true"></i><span class="tbnb-name"></span>`
     + `<span class="tbnb-time" role="timer" aria-label="Active time">0:00</span><span class="tbnb-chip"></span>`

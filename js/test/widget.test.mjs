@@ -76,36 +76,44 @@ test("freeze reports hidden, resume and pageshow report the current state", () =
   assert.deepEqual(model.kinds, ["transition:true", "transition:false", "transition:true", "transition:true"]);
 });
 
-test("pings every 2 s by default, then at the kernel's nextPingMs (clamped)", () => {
+test("pings quickly once, then every 2 s by default, then at the kernel's nextPingMs (clamped)", () => {
   const model = new FakeModel();
   widget.initialize({ model });
-  mock.timers.tick(1999);
+  mock.timers.tick(249);
   assert.equal(model.sent.length, 1);
-  mock.timers.tick(1);
+  mock.timers.tick(1); // the quick first ping moves the comm onto the kernel's subshell
   assert.deepEqual(model.kinds, ["transition:true", "ping:true"]);
-  model.custom({ type: "ack", seq: 2, nextPingMs: 500 });
-  mock.timers.tick(2000); // the delay already scheduled, then the new one
+  mock.timers.tick(1999);
+  assert.equal(model.sent.length, 2);
+  mock.timers.tick(1);
   assert.equal(model.sent.length, 3);
-  mock.timers.tick(500);
+  model.custom({ type: "ack", seq: 3, nextPingMs: 500 });
+  mock.timers.tick(2000); // the delay already scheduled, then the new one
   assert.equal(model.sent.length, 4);
-  model.custom({ type: "ack", seq: 4, nextPingMs: 1 }); // clamped to 250
+  mock.timers.tick(500);
+  assert.equal(model.sent.length, 5);
+  model.custom({ type: "ack", seq: 5, nextPingMs: 1 }); // clamped to 250
   model.custom({ type: "something-else", nextPingMs: 9000 }); // not an ack: ignored
   mock.timers.tick(500);
   mock.timers.tick(250);
-  assert.equal(model.sent.length, 6);
+  assert.equal(model.sent.length, 7);
   setVisibility("hidden");
   mock.timers.tick(250);
   assert.equal(model.sent.at(-1).kind, "ping");
   assert.equal(model.sent.at(-1).visible, false);
 });
 
-test("pagehide says bye and stops pings until the page is shown again", () => {
+test("pagehide says bye, then the page is silent until it is shown again", () => {
   const model = new FakeModel();
   widget.initialize({ model });
   window.dispatchEvent(new Event("pagehide"));
   assert.deepEqual(model.kinds, ["transition:true", "bye:false"]);
+  setVisibility("hidden"); // unloading pages still fire these
+  doc.dispatchEvent(new Event("freeze"));
+  doc.dispatchEvent(new Event("resume"));
   mock.timers.tick(10_000);
   assert.equal(model.sent.length, 2);
+  doc.visibilityState = "visible";
   window.dispatchEvent(new Event("pageshow"));
   mock.timers.tick(2000);
   assert.deepEqual(model.kinds.slice(2), ["transition:true", "ping:true"]);
@@ -134,7 +142,7 @@ test("each initialize is its own page; a failing send does not break the page", 
   assert.notEqual(a.sent[0].page, b.sent[0].page);
   b.failSends = true;
   assert.doesNotThrow(() => setVisibility("hidden"));
-  assert.doesNotThrow(() => mock.timers.tick(2000));
+  assert.doesNotThrow(() => mock.timers.tick(250));
   b.failSends = false;
   mock.timers.tick(2000);
   assert.equal(b.sent.at(-1).kind, "ping");

@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import httpx
 import nbformat
@@ -83,7 +83,7 @@ class JupyterServer:
     """`python -m jupyterlab` on a free loopback port, isolated under `home`.
 
     The kernel inherits the server's environment: the checkout on PYTHONPATH (the code under
-    test), a local store and a config file, and no Timeback credentials.
+    test), a local store, a config file, a student, and no Timeback credentials.
     """
 
     home: Path
@@ -128,6 +128,9 @@ class JupyterServer:
             TIMEBACK_NB_STORE=str(self.store_path),
             TIMEBACK_NB_TRANSPORT="local",
             TIMEBACK_CONFIG=str(self.config_path),
+            TIMEBACK_ENV="staging",
+            TIMEBACK_USER_EMAIL="student@example.edu",
+            TIMEBACK_USER_ID="u-browser-test",  # as given: no OneRoster look-up
             JUPYTER_PLATFORM_DIRS="1",
             **{MARKER: self.tag},
         )
@@ -191,6 +194,13 @@ class JupyterServer:
         with Store(self.store_path) as store:
             bodies = [json.loads(row["body"]) for row in store.local_events()]
         return [event for body in bodies for event in body.get("data", [body])]
+
+    def emitted(self, run_id: str) -> int:
+        """How many of the run's events the kernel has committed to the outbox (delivered or not)."""
+        from timeback_nb.store import Store
+
+        with Store(self.store_path) as store:
+            return sum(1 for row in store.events() if row["run_id"] == run_id)
 
     def stop(self) -> None:
         if self.process is None:
@@ -420,12 +430,118 @@ def running(*parts: JupyterServer | Chromium) -> Iterator[None]:
             part.stop()
 
 
-def active_seconds(events: list[Mapping[str, Any]], run_id: str) -> float:
-    """Σ active seconds over the run's TimeSpentEvents."""
+# --- the tracking tests' ground truth -------------------------------------------------------------
+
+
+def start_source(run_id: str, **options: Any) -> str:
+    """Cell source that starts the tracked activity of a browser test (the widget shows itself)."""
+    extra = "".join(f", {key}={value!r}" for key, value in options.items())
+    return (
+        "import json, time, timeback_nb\n"
+        "activity = timeback_nb.start('week-3', 'Linear functions', {'subject': 'Math', 'grade': 8}, "
+        f"run_id={run_id!r}{extra})"
+    )
+
+
+def end_source(metrics: Mapping[str, Any] | None = None) -> str:
+    """Cell source that ends the activity and prints the kernel's monotonic clock at the call
+    (the same clock as the test's `time.monotonic()`: one machine)."""
+    return f"ended_at = time.monotonic()\nactivity.end({'' if metrics is None else repr(dict(metrics))})\nprint('OUT', ended_at)"
+
+
+# Once the run is finished (every record handed on), a flush delivers all of it.
+FINISHED_SOURCE = (
+    "done = activity.finished\ncounts = timeback_nb.flush()\n"
+    "print('OUT', json.dumps({'finished': done, 'elapsed_ms': activity.elapsed_ms, 'state': activity.state, "
+    "'flush': counts}))"
+)
+
+
+@dataclass
+class VisibleTime:
+    """The test's own account of when at least one page was visible: the ground truth."""
+
+    since: dict[str, float] = field(default_factory=dict)
+    spans: list[tuple[float, float]] = field(default_factory=list)
+
+    def visible(self, page: str, at: float) -> None:
+        self.since.setdefault(page, at)
+
+    def hidden(self, page: str, at: float) -> None:
+        start = self.since.pop(page, None)
+        if start is not None:
+            self.spans.append((start, at))
+
+    def total(self, end: float) -> float:
+        """Seconds covered by the union of every page's visible spans, up to `end`."""
+        spans = sorted([*self.spans, *((start, end) for start in self.since.values())])
+        total, reach = 0.0, float("-inf")
+        for start, stop in spans:
+            stop = min(stop, end)
+            if stop > max(start, reach):
+                total += stop - max(start, reach)
+            reach = max(reach, stop)
+        return total
+
+
+TOLERANCE_S = 1.0  # design §8: error <= 1 s over a session in a real browser
+ACCURACY_LOG = Path(__file__).parent / "artifacts" / "accuracy.jsonl"
+
+
+def assert_active_time(events: list[Mapping[str, Any]], truth: VisibleTime, ended: float, kernel: Mapping[str, Any]) -> None:
+    """Σ active of the run's events is the ground truth within TOLERANCE_S (logged for the README),
+    and exactly what the kernel says it counted."""
+    measured, expected = spent_seconds(events), truth.total(ended)
+    ACCURACY_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with ACCURACY_LOG.open("a") as log:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+        log.write(json.dumps({"test": test, "measured_s": round(measured, 3), "truth_s": round(expected, 3)}) + "\n")
+    assert abs(measured - expected) <= TOLERANCE_S, f"active {measured:.3f} s, ground truth {expected:.3f} s"
+    assert abs(kernel["elapsed_ms"] / 1000 - measured) < 0.002, f"kernel counted {kernel['elapsed_ms']} ms"
+
+
+def begin(
+    open_notebook: Callable[..., NotebookPage], ui: str = "lab", server: JupyterServer | None = None, **options: Any
+) -> tuple[NotebookPage, str, VisibleTime]:
+    """Open a notebook, start the activity, wait for the widget; the truth clock starts then."""
+    run_id = str(uuid.uuid4())
+    where = {} if server is None else {"server": server}
+    nb = open_notebook([start_source(run_id, **options)], ui=ui, **where)
+    nb.run_cell(0)
+    nb.widget_text()
+    truth = VisibleTime()
+    truth.visible("a", time.monotonic())
+    return nb, run_id, truth
+
+
+def finish(nb: NotebookPage, metrics: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+    """End the activity from a cell and wait until its last records are delivered.
+
+    Returns the instant `end()` was called (test clock) and the kernel's final numbers. The
+    final window may close after `end()` returns (it waits for the page's next report), so
+    this polls `activity.finished` from fresh cells, leaving the kernel idle in between.
+    """
+    index = nb.add_cell(end_source(metrics))
+    nb.run_cell(index)
+    ended = float(nb.wait_output(index, "OUT ", timeout=30).split("OUT ", 1)[1])
+    deadline = time.monotonic() + 20
+    while True:
+        kernel = json.loads(nb.run(FINISHED_SOURCE))
+        if kernel["finished"]:
+            return ended, kernel
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the activity did not finish: {kernel}")
+        time.sleep(0.3)
+
+
+def run_events(server: JupyterServer, run_id: str) -> list[dict[str, Any]]:
+    """The run's delivered events, in delivery order."""
+    return [e for e in server.events() if e.get("session") == f"urn:uuid:{run_id}"]
+
+
+def spent_seconds(events: list[Mapping[str, Any]], kind: str = "active") -> float:
+    """Σ seconds of one kind ("active" or "inactive") over the TimeSpentEvents given."""
     return sum(
-        item["value"]
-        for event in events
-        if event.get("type") == "TimeSpentEvent" and event.get("session") == f"urn:uuid:{run_id}"
-        for item in event["generated"]["items"]
-        if item["type"] == "active"
+        item["value"] for e in events if e["type"] == "TimeSpentEvent"
+        for item in e["generated"]["items"] if item["type"] == kind
     )
