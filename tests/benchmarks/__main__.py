@@ -48,9 +48,11 @@ def machine_facts() -> str:
                 break
     except OSError:
         pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {model}, "
-        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}; "
+        f"load average at the end {load} (other work on the machine shows up as noise)"
     )
 
 

@@ -1,0 +1,108 @@
+"""Accounting in a real JupyterLab and a real Chromium (the browser tests' harness): a session
+with six visibility switches (hidden = the page's window minimised), four of them during a
+10 s busy cell (`time.sleep(10)`), ended from a cell. Σ active of the run's TimeSpentEvents,
+read back from the local store, vs the script's own clock of the visible stretches.
+
+Twice over: with comms over subshells (Lab's default: the page's reports arrive live during
+the cell) and with subshells disabled (they arrive only after it).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.browser.harness import (
+    Chromium,
+    JupyterServer,
+    NotebookPage,
+    begin,
+    finish,
+    run_events,
+    running,
+    spent_seconds,
+)
+
+from .results import Bar, Row, median
+
+NAME = "accounting_browser"
+BUSY_CELL = "time.sleep(10); print('OUT busy cell done')"
+HEARTBEAT_S = 5  # short windows so a session closes several, some held across the busy cell
+
+
+def session(chromium: Chromium, server: JupyterServer) -> tuple[float, float]:
+    """One scripted session: (Σ active reported, ground truth), in seconds."""
+
+    def open_notebook(cells: list[str] | str, ui: str = "lab", server: JupyterServer = server) -> NotebookPage:
+        return NotebookPage(chromium, server, cells if isinstance(cells, str) else server.write_notebook(cells), ui)
+
+    nb, run_id, truth = begin(open_notebook, server=server, heartbeat_interval=HEARTBEAT_S)
+    try:
+        time.sleep(1.5)  # idle kernel after the widget shows: its replies move the comm to a subshell
+        truth.hidden("a", nb.hide())  # switches 1-2, kernel idle
+        time.sleep(1.5)
+        truth.visible("a", nb.show())
+        time.sleep(1.5)
+        busy = nb.add_cell(BUSY_CELL)
+        nb.run_cell(busy)
+        time.sleep(2.0)
+        truth.hidden("a", nb.hide())  # switches 3-6, during the busy cell
+        time.sleep(2.0)
+        truth.visible("a", nb.show())
+        time.sleep(1.5)
+        truth.hidden("a", nb.hide())
+        time.sleep(1.5)
+        truth.visible("a", nb.show())
+        nb.wait_output(busy, "OUT busy cell done", timeout=30)
+        time.sleep(1.0)
+        ended, kernel = finish(nb)
+    finally:
+        nb.close()
+    events = run_events(server, run_id)
+    check(events, kernel)
+    return spent_seconds(events), truth.total(ended)
+
+
+def check(events: list[dict[str, Any]], kernel: dict[str, Any]) -> None:
+    """The run's events are whole: all delivered, once each, and what the kernel counted."""
+    ids = [e["id"] for e in events]
+    assert ids and len(ids) == len(set(ids)), "every event delivered once"
+    assert all(e["type"] == "TimeSpentEvent" for e in events), [e["type"] for e in events]
+    assert kernel["finished"] and kernel["state"] == "ended", kernel
+    assert kernel["flush"]["queued"] == 0 and kernel["flush"]["rejected"] == 0, kernel
+    assert abs(spent_seconds(events) * 1000 - kernel["elapsed_ms"]) < 2, "events and kernel agree"
+
+
+def measure(chromium: Chromium, server: JupyterServer, label: str, reps: int) -> Row:
+    errors, truths, measured = [], [], []
+    with running(server):
+        for rep in range(reps):
+            active, truth = session(chromium, server)
+            errors.append(abs(active - truth))
+            truths.append(truth)
+            measured.append(active)
+            print(f"  {label} {rep + 1}/{reps}: active {active:.3f} s, truth {truth:.3f} s", file=sys.stderr, flush=True)
+    return Row(
+        NAME, f"|Σ active − truth|, s (Lab, {label})", errors, Bar("at_most", 1.0, on="max"),
+        "≤ 1 s every session", baseline=median(truths), baseline_text="scripted ground truth, s",
+        digits=3, over_baseline=True,
+        notes=[f"{label}: reported {', '.join(f'{m:.3f}' for m in measured)} s vs truth "
+               f"{', '.join(f'{t:.3f}' for t in truths)} s (6 switches, 4 during a 10 s busy cell, "
+               f"{HEARTBEAT_S} s heartbeats)"],
+    )
+
+
+def run(quick: bool) -> list[Row]:
+    modes = (("subshells", True),) if quick else (("subshells", True), ("no subshells", False))
+    reps = 1 if quick else 3
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        chromium = Chromium(Path(tmp) / "chromium")
+        with running(chromium):
+            for label, subshells in modes:
+                rows.append(measure(chromium, JupyterServer(Path(tmp) / label.replace(" ", "-"),
+                                                            comms_over_subshells=subshells), label, reps))
+    return rows
