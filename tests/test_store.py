@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from timeback_nb.errors import ConfigError, StateError, ValidationError
-from timeback_nb.store import SCHEMA_VERSION, Store
+from timeback_nb.store import _LEASE_SQL, SCHEMA_VERSION, Store
 
 
 @pytest.fixture
@@ -288,6 +288,14 @@ def test_local_events_keep_bytes_exactly_and_ignore_replays(store: Store) -> Non
     events = store.local_events()
     assert [(e["event_id"], e["body"]) for e in events] == [("e1", body), ("e2", "{}")]
     assert [e["event_id"] for e in store.local_events(limit=1)] == ["e2"]
+
+
+def test_leasing_walks_the_queue_in_seq_order_without_sorting_it(store: Store) -> None:
+    plan = " | ".join(
+        str(r[3]) for r in store._conn.execute(f"EXPLAIN QUERY PLAN {_LEASE_SQL}", {"owner": "A", "now": 1.0, "limit": 5})
+    )
+    assert "SCAN o USING INDEX outbox_queued" in plan and "TEMP B-TREE" not in plan
+    assert "SEARCH p USING INDEX outbox_queued_run" in plan
 
 
 def test_two_connections_leasing_at_once_never_share_a_row(tmp_path: Path) -> None:

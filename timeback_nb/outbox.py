@@ -146,13 +146,13 @@ class Sender:
         self._expedite = True
         self.start()
         self._wake.set()
-        while True:
-            now_counts = self.store.counts(max_seq=last)
+        while self.store.queued_count(max_seq=last) > 0:
             remaining = deadline - time.monotonic()
-            if now_counts["queued"] == 0 or remaining <= 0:
+            if remaining <= 0:
                 break
             with self._changed:
                 self._changed.wait(min(remaining, FLUSH_POLL_S))
+        now_counts = self.store.counts(max_seq=last)
         return {
             "delivered": now_counts["delivered"] - before["delivered"],
             "queued": now_counts["queued"],

@@ -79,7 +79,7 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX outbox_queued ON outbox (seq) WHERE state = 'queued';
     CREATE INDEX outbox_queued_run ON outbox (run_id, seq) WHERE state = 'queued';
-    CREATE INDEX outbox_state ON outbox (state);
+    CREATE INDEX outbox_state ON outbox (state, lease_until);
     CREATE TABLE events (
         seq      INTEGER PRIMARY KEY AUTOINCREMENT,
         event_id TEXT NOT NULL UNIQUE,
@@ -112,6 +112,14 @@ def _free(alias: str) -> str:
 _BLOCKED_BY_OLDER = f"""EXISTS (
     SELECT 1 FROM outbox p
     WHERE p.state = 'queued' AND p.run_id = o.run_id AND p.seq < o.seq AND NOT {_free("p")})"""
+
+# In seq order through the queued-rows index, so that LIMIT ends the scan early (a plan that
+# sorts all queued rows makes draining a large backlog quadratic).
+_LEASE_SQL = (
+    "SELECT o.seq, o.event_id, o.kind, o.run_id, o.body, o.attempts FROM outbox o INDEXED BY outbox_queued"
+    f" WHERE o.state = 'queued' AND {_free('o')} AND (o.run_id IS NULL OR NOT {_BLOCKED_BY_OLDER})"
+    " ORDER BY o.seq LIMIT :limit"
+)
 
 
 class Store:
@@ -301,13 +309,7 @@ class Store:
         someone else holds or that is waiting out a retry delay."""
         params = {"owner": owner, "now": now, "until": now + lease_seconds, "limit": limit}
         with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT o.seq, o.event_id, o.kind, o.run_id, o.body, o.attempts FROM outbox o"
-                f" WHERE o.state = 'queued' AND {_free('o')}"
-                f" AND (o.run_id IS NULL OR NOT {_BLOCKED_BY_OLDER})"
-                " ORDER BY o.seq LIMIT :limit",
-                params,
-            ).fetchall()
+            rows = conn.execute(_LEASE_SQL, params).fetchall()
             conn.executemany(
                 "UPDATE outbox SET lease_owner = :owner, lease_until = :until WHERE seq = :seq",
                 [dict(params, seq=r["seq"]) for r in rows],
@@ -384,6 +386,13 @@ class Store:
     def last_seq(self) -> int:
         with self._tx(write=False) as conn:
             return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0])
+
+    def queued_count(self, *, max_seq: int) -> int:
+        """Queued rows with `seq <= max_seq` (cheap: read from an index)."""
+        with self._tx(write=False) as conn:
+            return int(
+                conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'queued' AND seq <= ?", (max_seq,)).fetchone()[0]
+            )
 
     def counts(self, *, max_seq: int | None = None) -> dict[str, int]:
         """Rows per state (all of them, or those with `seq <= max_seq`)."""
