@@ -306,6 +306,20 @@ _OUTPUT_TEXT = """(i) => {
 }""" % _PANEL
 
 
+_CONTRAST = """(selector) => {
+  const style = getComputedStyle(document.querySelector(selector));
+  const lum = (css) => {
+    const [r, g, b] = css.match(/[\\d.]+/g).slice(0, 3).map((v) => {
+      const c = Number(v) / 255;
+      return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const [a, b] = [lum(style.color), lum(style.backgroundColor)].sort((x, y) => y - x);
+  return (a + 0.05) / (b + 0.05);
+}"""
+
+
 @dataclass
 class NotebookPage:
     """One browser window showing one notebook (JupyterLab or Notebook 7)."""
@@ -409,6 +423,17 @@ class NotebookPage:
     def screenshot_widget(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.page.locator(".tbnb").first.screenshot(path=str(path))
+
+    def set_theme(self, theme: str) -> None:
+        """Switch the JupyterLab theme ("JupyterLab Light" / "JupyterLab Dark") and wait for it."""
+        light = "true" if "Light" in theme else "false"
+        self.page.evaluate("(t) => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})", theme)
+        self.page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'", polling=100)
+        self.page.wait_for_timeout(300)  # the theme's CSS variables apply once its stylesheet loads
+
+    def contrast(self, selector: str) -> float:
+        """WCAG contrast ratio of an element's text colour against its own background colour."""
+        return float(self.page.evaluate(_CONTRAST, selector))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

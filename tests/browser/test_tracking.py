@@ -132,3 +132,11 @@ def test_end_with_metrics_lands_the_completion_and_the_widget_shows_ended(
     minutes, seconds = nb.page.locator(".tbnb-time").inner_text().split(":")
     assert int(minutes) * 60 + int(seconds) == pytest.approx(kernel["elapsed_ms"] / 1000, abs=1.0)
     nb.screenshot_widget(ARTIFACTS / "widget-ended.png")
+
+    # Readable in both themes: text against the widget's and the chip's own backgrounds.
+    for theme in ("JupyterLab Dark", "JupyterLab Light"):
+        nb.set_theme(theme)
+        for part in (".tbnb", ".tbnb-chip"):
+            assert nb.contrast(part) >= 4.5, (theme, part, nb.contrast(part))
+        if theme == "JupyterLab Dark":
+            nb.screenshot_widget(ARTIFACTS / "widget-dark.png")
