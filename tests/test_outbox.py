@@ -350,3 +350,20 @@ def test_get_sender_is_one_running_sender_per_store_and_endpoint(tmp_path: Path)
     other.close()
     assert get_sender(local, Store(local.store_path)) is not a  # a fresh one after stop_senders
     stop_senders(5)
+
+
+def test_a_sender_whose_store_was_closed_is_replaced_and_its_transport_closed(tmp_path: Path) -> None:
+    settings = Settings.from_env({"TIMEBACK_NB_STORE": str(tmp_path / "tb.sqlite3")})
+    try:
+        first_store = Store(settings.store_path)
+        first = get_sender(settings, first_store)
+        closes: list[bool] = []
+        first.transport.close = lambda: closes.append(True)  # type: ignore[method-assign]
+        first_store.close()
+        with Store(settings.store_path) as second_store:
+            second = get_sender(settings, second_store)
+            assert second is not first and second.store is second_store and closes == [True]
+            wait_for(lambda: not first.running)
+            stop_senders(5)
+    finally:
+        stop_senders(5)

@@ -4,7 +4,8 @@ One daemon thread per (store, endpoint) in a process. It leases rows from the st
 oldest first, and marks each one delivered, rejected (parked with the reason), or queued again
 with a retry delay: capped exponential backoff with full jitter per row, or the server's
 `Retry-After`. A failed attempt pauses the whole sender for that delay, because an outage or a
-rate limit concerns the endpoint, not one event. Leases are renewed by a small keeper thread
+rate limit concerns the endpoint, not one event. `flush()` cuts the backoff short (someone is
+waiting), never a `Retry-After` (the endpoint asked for it). Leases are renewed by a small keeper thread
 while a send is in flight, so a slow endpoint never lets another kernel send the same row at
 the same time; a killed kernel stops renewing, and its rows are free again once the lease ends.
 """
@@ -60,7 +61,8 @@ class Sender:
     """Delivers the store's queued rows through `transport` on a daemon thread.
 
     `start()` is a no-op while running; `stop()` is idempotent and joins. `on_status` is called
-    from the sender thread after each change and must be cheap.
+    after each change, from the sender thread (or from a thread that calls `note_error`), and
+    must be cheap.
     """
 
     def __init__(
@@ -138,8 +140,9 @@ class Sender:
 
     def flush(self, timeout: float = 10.0) -> dict[str, int]:
         """Deliver what is queued now (earlier kernels' rows included, once their lease has run
-        out), cutting backoff delays short (not a server's Retry-After); return when none of it is queued any more or after
-        `timeout` s. Counts cover the rows that were queued when flush was called."""
+        out), cutting backoff delays short (not a server's Retry-After); return when none of it
+        is queued any more, or after `timeout` s. The counts cover the rows that were in the
+        outbox when flush was called: delivered or rejected since then, and still queued."""
         deadline = time.monotonic() + timeout
         last = self.store.last_seq()
         before = self.store.counts(max_seq=last)
@@ -171,6 +174,7 @@ class Sender:
                     break
                 log.warning("timeback sender: %s: %s", type(exc).__name__, exc)
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self._report()
                 self._wake.wait(self.backoff.cap)
                 self._wake.clear()
 
@@ -186,8 +190,6 @@ class Sender:
             timeout = IDLE_POLL_S if due is None else min(max(due - now, MIN_WAIT_S), BUSY_POLL_S)
         self._wake.wait(timeout)
         self._wake.clear()
-        if self._expedite:
-            self._pause_until = 0.0
 
     def _step(self) -> bool:
         """Lease and send one batch; False when there was nothing to do (or we must wait)."""
@@ -299,9 +301,11 @@ def get_sender(settings: Settings, store: Store) -> Sender:
     key = _registry_key(settings, store)
     with _registry_lock:
         sender = _registry.get(key)
-        if sender is None or sender.store.closed:
-            sender = Sender(store, make_transport(settings, store))
-            _registry[key] = sender
+        if sender is not None and sender.store.closed:  # its thread has ended; free its transport
+            sender.transport.close()
+            sender = None
+        if sender is None:
+            sender = _registry[key] = Sender(store, make_transport(settings, store))
     return sender.start()
 
 

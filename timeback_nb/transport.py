@@ -181,7 +181,6 @@ class CaliperTransport:
                 "TIMEBACK_CLIENT_SECRET: required for the caliper transport", field="TIMEBACK_CLIENT_SECRET"
             )
         self.timeout = timeout
-        self._client_id = client_id
         self._basic = _Secret("Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii"))
         self._secret = _Secret(client_secret)
         self._clock = clock
