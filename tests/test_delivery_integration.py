@@ -112,7 +112,7 @@ def test_emit_commits_the_envelope_before_any_send(tmp_path: Path) -> None:
         def wake(self) -> None:
             woken.append(True)
 
-        def note_error(self, message: str) -> None:
+        def note_error(self, message: str, *, passes: bool = False) -> None:
             raise AssertionError(message)
 
     clock = FakeClock(wall_ms=T0 + 15_042)
@@ -155,8 +155,8 @@ def test_an_event_that_cannot_be_built_is_kept_as_rejected(tmp_path: Path) -> No
     class Sink:
         def wake(self) -> None: ...
 
-        def note_error(self, message: str) -> None:
-            notes.append(message)
+        def note_error(self, message: str, *, passes: bool = False) -> None:
+            notes.append(f"{'passes' if passes else 'stays'}: {message}")
 
     delivery = Delivery(target(sensor="not a url"), store, Sink())  # type: ignore[arg-type]
     delivery.emit(window(0))  # must not raise
@@ -165,7 +165,7 @@ def test_an_event_that_cannot_be_built_is_kept_as_rejected(tmp_path: Path) -> No
     assert row["state"] == "rejected" and row["kind"] == "time" and row["run_id"] == RUN
     assert json.loads(row["body"]) == window(0).as_body()
     assert row["reason"].startswith("not sent: no event could be built (ConfigError: ")
-    assert notes and notes[0] == row["reason"] == delivery.last_error
+    assert notes and notes[0] == f"stays: {row['reason']}" and delivery.last_error == row["reason"]
     store.close()
 
 
@@ -176,8 +176,8 @@ def test_records_wait_in_memory_while_the_store_is_unavailable(tmp_path: Path, m
     class Sink:
         def wake(self) -> None: ...
 
-        def note_error(self, message: str) -> None:
-            notes.append(message)
+        def note_error(self, message: str, *, passes: bool = False) -> None:
+            notes.append(f"{'passes' if passes else 'stays'}: {message}")
 
     real_enqueue = store.enqueue
     failures = iter([True, True])
@@ -192,7 +192,7 @@ def test_records_wait_in_memory_while_the_store_is_unavailable(tmp_path: Path, m
     delivery.emit(window(0))
     delivery.emit(window(1))
     assert delivery.pending == 2 and store.events() == []
-    assert "database is locked" in notes[-1]
+    assert notes[-1].startswith("passes: outbox unavailable, 2 record(s) held in memory: database is locked")
     delivery.emit(window(2))
     assert delivery.pending == 0
     starts = [json.loads(r["body"])["data"][0]["id"] for r in store.events()]

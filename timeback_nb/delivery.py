@@ -72,11 +72,11 @@ class Delivery:
             try:
                 self._commit(record)
             except _STORE_ERRORS as exc:
-                self._report(f"outbox unavailable, {len(self._pending)} record(s) held in memory: {exc}")
+                self._report(f"outbox unavailable, {len(self._pending)} record(s) held in memory: {exc}", passes=True)
                 return
             except Exception as exc:  # never into the Activity; the record stays held
                 log.exception("timeback: committing a record failed")
-                self._report(f"{len(self._pending)} record(s) held in memory: {type(exc).__name__}: {exc}")
+                self._report(f"{len(self._pending)} record(s) held in memory: {type(exc).__name__}: {exc}", passes=True)
                 return
             self._pending.pop(0)
 
@@ -118,10 +118,10 @@ class Delivery:
             return envelope
         return events.completion_envelope(record, self.target, attempt=attempt, send_time=send_time)
 
-    def _report(self, message: str) -> None:
+    def _report(self, message: str, *, passes: bool = False) -> None:
         self.last_error = message
         try:
-            self.sender.note_error(message)
+            self.sender.note_error(message, passes=passes)
         except Exception:
             log.exception("timeback: reporting a delivery problem failed")
 

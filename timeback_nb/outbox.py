@@ -85,6 +85,7 @@ class Sender:
         self.batch = batch
         self.on_status = on_status
         self.last_error: str | None = None
+        self._error_passes = False  # last_error was a retry: the next delivery clears it
         self._rand = rand
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -133,10 +134,17 @@ class Sender:
         """Something was enqueued: look at the outbox now."""
         self._wake.set()
 
-    def note_error(self, message: str) -> None:
-        """Report a problem found outside the sender (e.g. an event that could not be built)."""
-        self.last_error = message
+    def note_error(self, message: str, *, passes: bool = False) -> None:
+        """Report a problem found outside the sender (e.g. an event that could not be built);
+        with `passes`, the next successful delivery clears it."""
+        self._set_error(message, passes=passes)
         self._report()
+
+    def _set_error(self, message: str | None, *, passes: bool) -> None:
+        # A transient failure (a retry) is over once something gets through; a reject stays
+        # shown, it needs someone to look at it.
+        self.last_error = message
+        self._error_passes = passes
 
     def flush(self, timeout: float = 10.0) -> dict[str, int]:
         """Deliver what is queued now (earlier kernels' rows included, once their lease has run
@@ -173,7 +181,7 @@ class Sender:
                 if self.store.closed:
                     break
                 log.warning("timeback sender: %s: %s", type(exc).__name__, exc)
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._set_error(f"{type(exc).__name__}: {exc}", passes=True)
                 self._report()
                 self._wake.wait(self.backoff.cap)
                 self._wake.clear()
@@ -228,11 +236,13 @@ class Sender:
             self._held.remove(row.seq)
         if outcome.status == "delivered":
             self.store.mark_delivered(row.seq)
+            if self._error_passes:
+                self._set_error(None, passes=False)
             return True
         if outcome.status == "rejected":
             log.warning("timeback event %s rejected: %s", row.event_id, outcome.reason)
             self.store.mark_rejected(row.seq, outcome.reason or "rejected")
-            self.last_error = outcome.reason
+            self._set_error(outcome.reason, passes=False)
             return True
         now = time.time()
         if outcome.after_s is not None:
@@ -242,7 +252,7 @@ class Sender:
             delay = self.backoff.delay(row.attempts + 1, self._rand)
             self._pause_until = now + delay
         self.store.mark_retry(row.seq, outcome.reason or "retry", now + delay, owner=self.owner)
-        self.last_error = outcome.reason
+        self._set_error(outcome.reason, passes=True)
         log.info("timeback event %s not delivered (%s); next try in %.2f s", row.event_id, outcome.reason, delay)
         return False
 
