@@ -5,9 +5,10 @@
         pointed at EVENT_URL running, and prints "committed <event id> <monotonic s>" after
         each commit returns. Runs until it is killed.
 
-    python tests/crash_worker.py drain STORE EVENT_URL TOKEN_URL --timeout 20 --batch 5
+    python tests/crash_worker.py drain STORE EVENT_URL TOKEN_URL --timeout 20 --batch 5 [--wait]
         Another kernel starting up: flush() the store through EVENT_URL and print
-        {"flush": <counts>, "sent": <deliveries this process made>} as JSON.
+        {"flush": <counts>, "sent": <deliveries this process made>} as JSON. With --wait it
+        first prints "ready" and waits for a line on stdin (so two workers start together).
 
 The client id and secret come from TB_TEST_CLIENT_ID / TB_TEST_CLIENT_SECRET.
 """
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=20.0)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--run", default=str(uuid.uuid4()))
+    parser.add_argument("--wait", action="store_true")
     args = parser.parse_args()
     client_id, secret = os.environ["TB_TEST_CLIENT_ID"], os.environ["TB_TEST_CLIENT_SECRET"]
 
@@ -91,6 +93,9 @@ def main() -> None:
             sender.wake()
             n += 1
             time.sleep(args.interval)
+    if args.wait:
+        print("ready", flush=True)
+        sys.stdin.readline()
     counts = sender.flush(args.timeout)
     sender.stop(5)
     transport.close()

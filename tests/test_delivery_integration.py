@@ -268,11 +268,13 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def drain(store: Path, server: LoopbackServer, *, timeout: float = 20, batch: int = 100) -> subprocess.Popen:
+def drain(
+    store: Path, server: LoopbackServer, *, timeout: float = 20, batch: int = 100, wait: bool = False
+) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(WORKER), "drain", str(store), server.event_url, server.token_url,
-         "--timeout", str(timeout), "--batch", str(batch)],
-        stdout=subprocess.PIPE, env=worker_env(), text=True,
+         "--timeout", str(timeout), "--batch", str(batch), *(["--wait"] if wait else [])],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=worker_env(), text=True,
     )  # fmt: skip
 
 
@@ -303,7 +305,8 @@ def test_a_killed_kernels_events_are_delivered_by_the_next_one(tmp_path: Path, s
         rest, _ = producer.communicate(timeout=10)
         committed += [(line.split()[1], float(line.split()[2])) for line in rest.splitlines()]
     assert producer.returncode == -signal.SIGKILL
-    assert killed_at - committed[-1][1] <= interval + 0.25  # the loss: at most the interval in progress
+    # What dies with the process is the interval in progress (plus scheduling delay on a busy box).
+    assert killed_at - committed[-1][1] <= interval + 0.5
 
     with Store(path) as store:
         queued = [r["event_id"] for r in store.events()]
@@ -328,7 +331,13 @@ def test_two_processes_draining_one_store_never_send_an_event_twice(tmp_path: Pa
                 store.enqueue(event_id(run, n), "time", run, envelope(run, n))
         expected = [r["event_id"] for r in store.events()]
     with LoopbackServer(delay=0.01) as server:
-        workers = [drain(path, server, timeout=30, batch=5) for _ in range(2)]
+        workers = [drain(path, server, timeout=30, batch=5, wait=True) for _ in range(2)]
+        for w in workers:  # both are up, then both go
+            assert w.stdout is not None and w.stdout.readline().strip() == "ready"
+        for w in workers:
+            assert w.stdin is not None
+            w.stdin.write("go\n")
+            w.stdin.flush()
         results = [json.loads(w.communicate(timeout=90)[0]) for w in workers]
         assert server.concurrent_duplicates == []
         assert sorted(server.received_ids()) == sorted(expected)  # never twice at all

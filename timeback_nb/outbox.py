@@ -311,7 +311,8 @@ def get_sender(settings: Settings, store: Store) -> Sender:
     key = _registry_key(settings, store)
     with _registry_lock:
         sender = _registry.get(key)
-        if sender is not None and sender.store.closed:  # its thread has ended; free its transport
+        if sender is not None and sender.store.closed:  # it has nothing left to do
+            sender.stop(1.0)
             sender.transport.close()
             sender = None
         if sender is None:
