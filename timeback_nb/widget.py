@@ -107,8 +107,7 @@ class TimebackWidget(anywidget.AnyWidget):
             log.debug("dropped a page message over %d bytes", MAX_MESSAGE_BYTES)
             return
         reply = self._activity.page_message(content)
-        if reply is None:
-            log.debug("dropped a malformed page report: %.200r", content)
+        if reply is None:  # malformed: the activity has logged why
             return
         with self.hold_sync():
             for trait, value in _shown(reply).items():
