@@ -3,6 +3,7 @@ a kernel killed with SIGKILL; two processes draining one store; identity; secret
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ from timeback_nb.transport import CaliperTransport
 from .crash_worker import envelope, event_id
 from .fakes import FakeClock
 from .loopback import CLIENT_ID, CLIENT_SECRET, Fault, LoopbackServer
+from .test_events import TARGET
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 RUN = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
@@ -39,18 +41,7 @@ FAST = Backoff(base=0.02, cap=0.2)
 
 
 def target(**changes: Any) -> Target:
-    fields: dict[str, Any] = dict(
-        app_name="Course Notebooks",
-        sensor="https://notebooks.example.org",
-        subject="Math",
-        course_id="c-stg-1",
-        course_name="Math G8",
-        oneroster_base="https://api.staging.alpha-1edtech.ai",
-        user_email="student@example.edu",
-        user_id="u-123",
-    )
-    fields.update(changes)
-    return Target(**fields)
+    return dataclasses.replace(TARGET, **changes)  # the protocol reference's example student and course
 
 
 def window(i: int, run: str = RUN) -> TimeWindow:
@@ -60,6 +51,20 @@ def window(i: int, run: str = RUN) -> TimeWindow:
 
 def completion(ended_ms: int, run: str | None = RUN) -> Completion:
     return Completion(REF, run, iso_utc_ms(ended_ms), {"xpEarned": 12, "totalQuestions": 10, "correctQuestions": 8})
+
+
+class NotingSender:
+    """Stands in for a Sender: counts wake-ups, keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.woken = 0
+        self.notes: list[str] = []
+
+    def wake(self) -> None:
+        self.woken += 1
+
+    def note_error(self, message: str, *, passes: bool = False) -> None:
+        self.notes.append(f"{'passes' if passes else 'stays'}: {message}")
 
 
 class Pipeline:
@@ -106,17 +111,9 @@ def assert_delivered_once_in_order(store: Store, server: LoopbackServer) -> None
 
 def test_emit_commits_the_envelope_before_any_send(tmp_path: Path) -> None:
     store = Store(tmp_path / "tb.sqlite3")
-    woken: list[bool] = []
-
-    class Idle:
-        def wake(self) -> None:
-            woken.append(True)
-
-        def note_error(self, message: str, *, passes: bool = False) -> None:
-            raise AssertionError(message)
-
+    sender = NotingSender()
     clock = FakeClock(wall_ms=T0 + 15_042)
-    delivery = Delivery(target(), store, Idle(), clock=clock)  # type: ignore[arg-type]
+    delivery = Delivery(target(), store, sender, clock=clock)  # type: ignore[arg-type]
     delivery.emit(window(0))
     expected = events.time_spent_envelope(window(0), target(), send_time="2025-01-15T10:00:15.042Z")
     [row] = store.events()
@@ -127,7 +124,7 @@ def test_emit_commits_the_envelope_before_any_send(tmp_path: Path) -> None:
         RUN,
         "queued",
     )
-    assert woken == [True]
+    assert sender.woken == 1 and sender.notes == []
     clock.advance(5_000)
     delivery.emit(window(0))  # the same window again: the same id, not a second row
     assert len(store.events()) == 1
@@ -150,35 +147,21 @@ def test_completions_get_attempt_numbers_and_a_replay_uses_none(tmp_path: Path, 
 
 def test_an_event_that_cannot_be_built_is_kept_as_rejected(tmp_path: Path) -> None:
     store = Store(tmp_path / "tb.sqlite3")
-    notes: list[str] = []
-
-    class Sink:
-        def wake(self) -> None: ...
-
-        def note_error(self, message: str, *, passes: bool = False) -> None:
-            notes.append(f"{'passes' if passes else 'stays'}: {message}")
-
-    delivery = Delivery(target(sensor="not a url"), store, Sink())  # type: ignore[arg-type]
+    sender = NotingSender()
+    delivery = Delivery(target(sensor="not a url"), store, sender)  # type: ignore[arg-type]
     delivery.emit(window(0))  # must not raise
     delivery.emit(window(0))
     [row] = store.events()
     assert row["state"] == "rejected" and row["kind"] == "time" and row["run_id"] == RUN
     assert json.loads(row["body"]) == window(0).as_body()
     assert row["reason"].startswith("not sent: no event could be built (ConfigError: ")
-    assert notes and notes[0] == f"stays: {row['reason']}" and delivery.last_error == row["reason"]
+    assert sender.notes and sender.notes[0] == f"stays: {row['reason']}" and delivery.last_error == row["reason"]
     store.close()
 
 
 def test_records_wait_in_memory_while_the_store_is_unavailable(tmp_path: Path, monkeypatch) -> None:
     store = Store(tmp_path / "tb.sqlite3")
-    notes: list[str] = []
-
-    class Sink:
-        def wake(self) -> None: ...
-
-        def note_error(self, message: str, *, passes: bool = False) -> None:
-            notes.append(f"{'passes' if passes else 'stays'}: {message}")
-
+    sender = NotingSender()
     real_enqueue = store.enqueue
     failures = iter([True, True])
 
@@ -188,11 +171,11 @@ def test_records_wait_in_memory_while_the_store_is_unavailable(tmp_path: Path, m
         return real_enqueue(*args)
 
     monkeypatch.setattr(store, "enqueue", flaky)
-    delivery = Delivery(target(), store, Sink())  # type: ignore[arg-type]
+    delivery = Delivery(target(), store, sender)  # type: ignore[arg-type]
     delivery.emit(window(0))
     delivery.emit(window(1))
     assert delivery.pending == 2 and store.events() == []
-    assert notes[-1].startswith("passes: outbox unavailable, 2 record(s) held in memory: database is locked")
+    assert sender.notes[-1].startswith("passes: outbox unavailable, 2 record(s) held in memory: database is locked")
     delivery.emit(window(2))
     assert delivery.pending == 0
     starts = [json.loads(r["body"])["data"][0]["id"] for r in store.events()]

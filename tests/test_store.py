@@ -21,6 +21,13 @@ def store(tmp_path: Path):
         yield s
 
 
+def run_together(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def fill(store: Store, spec: list[tuple[str, str | None]]) -> None:
     for event_id, run_id in spec:
         assert store.enqueue(event_id, "time", run_id, f'{{"id": "{event_id}"}}')
@@ -127,11 +134,7 @@ def test_next_attempt_is_atomic_across_connections_and_threads(tmp_path: Path) -
             with lock:
                 got.append(n)
 
-    threads = [threading.Thread(target=worker, args=(stores[i % 2],)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together([threading.Thread(target=worker, args=(stores[i % 2],)) for i in range(4)])
     for s in stores:
         s.close()
     assert sorted(got) == list(range(1, 101))
@@ -314,11 +317,7 @@ def test_two_connections_leasing_at_once_never_share_a_row(tmp_path: Path) -> No
                 claimed[owner].append(r.seq)
                 s.mark_delivered(r.seq)
 
-    threads = [threading.Thread(target=worker, args=(o, s)) for o, s in zip("AB", stores)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together([threading.Thread(target=worker, args=(o, s)) for o, s in zip("AB", stores)])
     for s in stores:
         s.close()
     assert sorted(claimed["A"] + claimed["B"]) == sorted(set(claimed["A"] + claimed["B"]))
