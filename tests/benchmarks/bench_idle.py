@@ -3,8 +3,8 @@ heartbeat, sender, lease keeper, the page's reports) while an Activity started w
 `timeback_nb.start` runs with the default heartbeat interval and a visible page pinging every
 2 s, minus the same process idle for as long without an activity; as % of one core.
 
-The page's reports are handed to `Activity.page_message` directly: the kernel's own cost of
-receiving a comm message (ZMQ, ipywidgets) is not timeb_nb's and is not counted.
+The page's reports are handed to `Activity.page_message` directly: the widget's message handler
+(trait updates, the ack) and the kernel's comm machinery (ZMQ, ipywidgets) are not counted.
 """
 
 from __future__ import annotations

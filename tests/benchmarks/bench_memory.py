@@ -25,7 +25,7 @@ import tracemalloc
 import uuid
 from pathlib import Path
 
-from .results import Bar, Row, median
+from .results import Bar, Row
 from .session import COURSE, ROOT, PingingPage, use_local_store
 
 NAME = "memory"
