@@ -332,6 +332,8 @@ class NotebookPage:
 
     def __post_init__(self) -> None:
         self.page = self.chromium.new_window()
+        # Playwright dismisses dialogs by default; a dismissed "leave page?" would cancel a reload.
+        self.page.on("dialog", lambda dialog: dialog.accept())
         self.open()
 
     def open(self) -> None:
