@@ -457,7 +457,7 @@ def running(*parts: JupyterServer | Chromium) -> Iterator[None]:
             part.stop()
 
 
-# --- the tracking tests' ground truth -------------------------------------------------------------
+# --- the tracking tests: cell sources, ground truth, checks ----------------------------------------
 
 
 def start_source(run_id: str, **options: Any) -> str:
