@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 from traitlets import Bool, Enum, HasTraits, Int, Unicode
 
-from .clock import Clock, SystemClock, WallAnchor
+from .clock import Clock, SystemClock, WallAnchor, format_elapsed
 from .errors import StateError, ValidationError
 from .heartbeat import Heartbeat
 from .ledger import Ledger, Window, parse_page_report
@@ -308,8 +308,7 @@ class Activity(HasTraits):
 
     def __repr__(self) -> str:
         course = ", ".join(f"{k}={v}" for k, v in self.course.items())
-        seconds = self.elapsed_ms // 1000
         return (
             f"<Activity {self.id!r} ({self.name}; {course}) run={self.run_id[:8]} "
-            f"state={self.state} active={seconds // 60}:{seconds % 60:02d} mode={self.mode}>"
+            f"state={self.state} active={format_elapsed(self.elapsed_ms)} mode={self.mode}>"
         )

@@ -28,6 +28,13 @@ class SystemClock:
         return time.time_ns() // 1_000_000
 
 
+def format_elapsed(ms: int) -> str:
+    """Elapsed time as the widget shows it (js/format.js formatElapsed): "0:07", "12:34", "1:02:03"."""
+    seconds = max(0, int(ms)) // 1000
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours}:{minutes:02d}:{seconds % 60:02d}" if hours else f"{minutes}:{seconds % 60:02d}"
+
+
 def iso_utc_ms(epoch_ms: int) -> str:
     """``2025-01-15T10:00:15.000Z``: UTC, millisecond precision, the form Timeback sends."""
     moment = _dt.datetime.fromtimestamp(epoch_ms // 1000, tz=_dt.timezone.utc)

@@ -22,7 +22,7 @@ from IPython.core.magic_arguments import MagicArgumentParser
 
 from . import api
 from .errors import StateError, TimebackError
-from .widget import _clock_text  # the page's own elapsed-time format, so both read alike
+from .clock import format_elapsed  # the page's own elapsed-time format, so both read alike
 
 if TYPE_CHECKING:
     from .activity import Activity
@@ -254,8 +254,8 @@ def describe(activity: Activity) -> str:
         f"  run id   {activity.run_id}",
         f"  started  {activity.started_at}",
         f"  state    {now['state']}",
-        f"  active   {_clock_text(now['elapsedMs'])} "
-        f"(current window {_clock_text(now['windowElapsedMs'])})",
+        f"  active   {format_elapsed(now['elapsedMs'])} "
+        f"(current window {format_elapsed(now['windowElapsedMs'])})",
         f"  events   {now['pendingEvents']} waiting, {now['rejectedEvents']} rejected "
         f"({now['mode']} mode)",
     ]
@@ -267,7 +267,7 @@ def describe(activity: Activity) -> str:
 def _one_line(activity: Activity) -> str:
     """What a pause/resume/end line prints: where the activity now stands."""
     now = activity.snapshot()
-    return f"{activity.id}: {now['state']}, active {_clock_text(now['elapsedMs'])}"
+    return f"{activity.id}: {now['state']}, active {format_elapsed(now['elapsedMs'])}"
 
 
 def _ours(shell: InteractiveShell) -> TimebackMagics | None:

@@ -23,6 +23,8 @@ from typing import Any, Mapping, Protocol
 import anywidget
 import traitlets
 
+from .clock import format_elapsed
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1024
@@ -70,13 +72,6 @@ def _shown(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     return {trait: snapshot[key] for trait, key in _SHOWN.items()}
 
 
-def _clock_text(ms: int) -> str:
-    """The page's formatElapsed: "0:07", "12:34", "1:02:03"."""
-    s = max(0, int(ms)) // 1000
-    h, m = divmod(s // 60, 60)
-    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
-
-
 class TimebackWidget(anywidget.AnyWidget):
     """The student's view of a tracked activity, and the channel for page visibility reports.
 
@@ -119,7 +114,7 @@ class TimebackWidget(anywidget.AnyWidget):
         return (
             f"Timeback activity {snap['activityName']!r} ({_course_text(self._activity.course)}), "
             f"run {snap['runId'][:8]}: {snap['state']}, "
-            f"{_clock_text(snap['elapsedMs'])} active, {snap['mode']} mode"
+            f"{format_elapsed(snap['elapsedMs'])} active, {snap['mode']} mode"
         )
 
 
