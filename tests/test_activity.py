@@ -288,3 +288,25 @@ def test_reports_from_many_threads_while_the_heartbeat_runs_are_accounted_once()
     windows = sink.windows
     assert_contiguous(windows)
     assert sum(w.elapsed_ms for w in windows) == 5000  # four visible tabs: union, not sum
+
+
+def test_no_page_within_a_few_seconds_is_said_once_visibly(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    activity, sink = make(clock, no_page_notice_after=5.0)
+    for _ in range(12):
+        clock.advance(1000)
+        activity._tick()
+    warnings = [r for r in caplog.records if "not being counted" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert "not being counted" in activity.snapshot()["lastError"]
+    assert all(w.elapsed_ms == 0 for w in sink.windows) and len(sink.windows) == 12
+
+
+def test_a_page_within_the_grace_period_silences_the_notice(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    activity, _ = make(clock, no_page_notice_after=5.0)
+    clock.advance(2000)
+    Page(activity, clock).send("transition", True)
+    clock.advance(4000)
+    activity._tick()
+    assert not [r for r in caplog.records if "not being counted" in r.getMessage()]
