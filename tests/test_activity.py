@@ -292,7 +292,7 @@ def test_reports_from_many_threads_while_the_heartbeat_runs_are_accounted_once()
 
 def test_no_page_within_a_few_seconds_is_said_once_visibly(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
-    activity, sink = make(clock, no_page_notice_after=5.0)
+    activity, sink = make(clock, no_page_notice_after=5.0, abandon_after=60.0)
     for _ in range(12):
         clock.advance(1000)
         activity._tick()
