@@ -178,14 +178,18 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _open_conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StateError(f"store: '{self.path}' is closed")
+        return self._conn
+
     @contextmanager
-    def _tx(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction; a write takes the database write lock up front (BEGIN IMMEDIATE)."""
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction of several statements; it takes the database write lock up front
+        (BEGIN IMMEDIATE), so it never fails half-way on another process's lock."""
         with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise StateError(f"store: '{self.path}' is closed")
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            conn = self._open_conn()
+            conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -193,6 +197,16 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    def _query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        """One read. A single statement is atomic on its own: no BEGIN/COMMIT round trips."""
+        with self._lock:
+            return self._open_conn().execute(sql, params).fetchall()
+
+    def _write(self, sql: str, params: Any = ()) -> int:
+        """One write statement, committed (autocommit) before this returns; the rows changed."""
+        with self._lock:
+            return self._open_conn().execute(sql, params).rowcount
 
     def _migrate(self) -> None:
         with self._tx() as conn:
@@ -214,35 +228,31 @@ class Store:
 
     def open_run(self, user_key: str, activity_id: str, course_key: str) -> str | None:
         """The newest run of this user, activity and course that no completion has closed."""
-        with self._tx(write=False) as conn:
-            row = conn.execute(
-                "SELECT run_id FROM runs WHERE user_key = ? AND activity_id = ? AND course_key = ?"
-                " AND ended_at IS NULL ORDER BY created DESC, rowid DESC LIMIT 1",
-                (user_key, activity_id, course_key),
-            ).fetchone()
-        return None if row is None else str(row[0])
+        rows = self._query(
+            "SELECT run_id FROM runs WHERE user_key = ? AND activity_id = ? AND course_key = ?"
+            " AND ended_at IS NULL ORDER BY created DESC, rowid DESC LIMIT 1",
+            (user_key, activity_id, course_key),
+        )
+        return str(rows[0][0]) if rows else None
 
     def remember_run(
         self, user_key: str, activity_id: str, course_key: str, run_id: str, started_at: str
     ) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO runs (run_id, user_key, activity_id, course_key, started_at, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, user_key, activity_id, course_key, started_at, time.time()),
-            )
+        self._write(
+            "INSERT OR IGNORE INTO runs (run_id, user_key, activity_id, course_key, started_at, created)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, user_key, activity_id, course_key, started_at, time.time()),
+        )
 
     def close_run(self, run_id: str, ended_at: str) -> None:
-        with self._tx() as conn:
-            conn.execute("UPDATE runs SET ended_at = ? WHERE run_id = ? AND ended_at IS NULL", (ended_at, run_id))
+        self._write("UPDATE runs SET ended_at = ? WHERE run_id = ? AND ended_at IS NULL", (ended_at, run_id))
 
     def runs(self) -> list[dict[str, Any]]:
         """Every remembered run, newest first (for `timeback-nb runs`)."""
-        with self._tx(write=False) as conn:
-            rows = conn.execute(
-                "SELECT run_id, user_key, activity_id, course_key, started_at, ended_at FROM runs"
-                " ORDER BY created DESC, rowid DESC"
-            ).fetchall()
+        rows = self._query(
+            "SELECT run_id, user_key, activity_id, course_key, started_at, ended_at FROM runs"
+            " ORDER BY created DESC, rowid DESC"
+        )
         return [dict(r) for r in rows]
 
     # -- attempts and users --------------------------------------------------------------------
@@ -261,17 +271,15 @@ class Store:
         return int(row[0])
 
     def cached_user_id(self, email: str, env: str) -> str | None:
-        with self._tx(write=False) as conn:
-            row = conn.execute("SELECT user_id FROM users WHERE email = ? AND env = ?", (email, env)).fetchone()
-        return None if row is None else str(row[0])
+        rows = self._query("SELECT user_id FROM users WHERE email = ? AND env = ?", (email, env))
+        return str(rows[0][0]) if rows else None
 
     def remember_user_id(self, email: str, env: str, user_id: str) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO users (email, env, user_id, updated) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (email, env) DO UPDATE SET user_id = excluded.user_id, updated = excluded.updated",
-                (email, env, user_id, time.time()),
-            )
+        self._write(
+            "INSERT INTO users (email, env, user_id, updated) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (email, env) DO UPDATE SET user_id = excluded.user_id, updated = excluded.updated",
+            (email, env, user_id, time.time()),
+        )
 
     # -- outbox --------------------------------------------------------------------------------
 
@@ -281,8 +289,7 @@ class Store:
 
     def known(self, event_id: str) -> bool:
         """Whether the outbox already has a row with this event id."""
-        with self._tx(write=False) as conn:
-            return conn.execute("SELECT 1 FROM outbox WHERE event_id = ?", (event_id,)).fetchone() is not None
+        return bool(self._query("SELECT 1 FROM outbox WHERE event_id = ?", (event_id,)))
 
     def park(self, event_id: str, kind: str, run_id: str | None, body: str, reason: str) -> bool:
         """Keep something that cannot be sent (e.g. a record no event could be built from) as
@@ -295,13 +302,12 @@ class Store:
         if not isinstance(body, str):
             raise invalid("body", f"must be the event JSON as str, got {type(body).__name__}")
         now = time.time()
-        with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO outbox (event_id, kind, run_id, body, state, reason, created, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (event_id, kind, run_id, body, state, reason, now, now),
-            )
-        return cur.rowcount == 1
+        changed = self._write(
+            "INSERT OR IGNORE INTO outbox (event_id, kind, run_id, body, state, reason, created, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (event_id, kind, run_id, body, state, reason, now, now),
+        )
+        return changed == 1
 
     def lease(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Row]:
         """Claim up to `limit` of the oldest free queued rows for `owner` until
@@ -341,64 +347,52 @@ class Store:
         self._finish(seq, "rejected", reason)
 
     def _finish(self, seq: int, state: str, reason: str | None) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE outbox SET state = ?, reason = ?, attempts = attempts + 1, lease_owner = NULL,"
-                " lease_until = NULL, updated = ? WHERE seq = ? AND state = 'queued'",
-                (state, reason, time.time(), seq),
-            )
+        self._write(
+            "UPDATE outbox SET state = ?, reason = ?, attempts = attempts + 1, lease_owner = NULL,"
+            " lease_until = NULL, updated = ? WHERE seq = ? AND state = 'queued'",
+            (state, reason, time.time(), seq),
+        )
 
     def mark_retry(self, seq: int, reason: str, not_before: float, *, owner: str | None = None) -> None:
         """Count a failed attempt; the row is free again (for anyone) from `not_before` on.
 
         With `owner`, nothing changes if another sender has taken the row over meanwhile."""
         guard = "" if owner is None else " AND (lease_owner IS NULL OR lease_owner = ?)"
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, reason = ?, lease_owner = NULL,"
-                f" lease_until = ?, updated = ? WHERE seq = ? AND state = 'queued'{guard}",
-                (reason, not_before, time.time(), seq) + (() if owner is None else (owner,)),
-            )
+        self._write(
+            "UPDATE outbox SET attempts = attempts + 1, reason = ?, lease_owner = NULL,"
+            f" lease_until = ?, updated = ? WHERE seq = ? AND state = 'queued'{guard}",
+            (reason, not_before, time.time(), seq) + (() if owner is None else (owner,)),
+        )
 
     def expedite(self, now: float) -> int:
         """Cut short the retry delays of queued rows nobody holds (for an explicit flush)."""
-        with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE outbox SET lease_until = NULL"
-                " WHERE state = 'queued' AND lease_owner IS NULL AND lease_until > ?",
-                (now,),
-            )
-        return cur.rowcount
+        return self._write(
+            "UPDATE outbox SET lease_until = NULL WHERE state = 'queued' AND lease_owner IS NULL AND lease_until > ?",
+            (now,),
+        )
 
     def next_due(self, now: float) -> float | None:
         """None when nothing is queued; else the earliest moment after `now` at which a lease or
         retry delay of a queued row ends (`now` itself when none is running)."""
-        with self._tx(write=False) as conn:
-            count, until = conn.execute(
-                "SELECT COUNT(*), MIN(CASE WHEN lease_until > ? THEN lease_until END)"
-                " FROM outbox WHERE state = 'queued'",
-                (now,),
-            ).fetchone()
+        [(count, until)] = self._query(
+            "SELECT COUNT(*), MIN(CASE WHEN lease_until > ? THEN lease_until END) FROM outbox WHERE state = 'queued'",
+            (now,),
+        )
         if count == 0:
             return None
         return now if until is None else float(until)
 
     def last_seq(self) -> int:
-        with self._tx(write=False) as conn:
-            return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0])
+        return int(self._query("SELECT COALESCE(MAX(seq), 0) FROM outbox")[0][0])
 
     def queued_count(self, *, max_seq: int) -> int:
         """Queued rows with `seq <= max_seq` (cheap: read from an index)."""
-        with self._tx(write=False) as conn:
-            return int(
-                conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'queued' AND seq <= ?", (max_seq,)).fetchone()[0]
-            )
+        return int(self._query("SELECT COUNT(*) FROM outbox WHERE state = 'queued' AND seq <= ?", (max_seq,))[0][0])
 
     def counts(self, *, max_seq: int | None = None) -> dict[str, int]:
         """Rows per state (all of them, or those with `seq <= max_seq`)."""
         where, params = ("WHERE seq <= ?", (max_seq,)) if max_seq is not None else ("", ())
-        with self._tx(write=False) as conn:
-            rows = conn.execute(f"SELECT state, COUNT(*) FROM outbox {where} GROUP BY state", params).fetchall()
+        rows = self._query(f"SELECT state, COUNT(*) FROM outbox {where} GROUP BY state", params)
         counts = dict.fromkeys(STATES, 0)
         counts.update({str(state): int(n) for state, n in rows})
         return counts
@@ -417,20 +411,16 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        with self._tx(write=False) as conn:
-            rows = conn.execute(sql, params).fetchall()
-        return [dict(r) for r in reversed(rows)]
+        return [dict(r) for r in reversed(self._query(sql, params))]
 
     # -- local delivery ------------------------------------------------------------------------
 
     def store_local_event(self, event_id: str, body: str) -> bool:
         """The local transport's delivery: keep the body exactly; a replay is ignored."""
-        with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO events (event_id, body, received) VALUES (?, ?, ?)",
-                (event_id, body, time.time()),
-            )
-        return cur.rowcount == 1
+        changed = self._write(
+            "INSERT OR IGNORE INTO events (event_id, body, received) VALUES (?, ?, ?)", (event_id, body, time.time())
+        )
+        return changed == 1
 
     def local_events(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Events delivered locally, in delivery order (the newest `limit` when given)."""
@@ -439,6 +429,4 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             params = (limit,)
-        with self._tx(write=False) as conn:
-            rows = conn.execute(sql, params).fetchall()
-        return [dict(r) for r in reversed(rows)]
+        return [dict(r) for r in reversed(self._query(sql, params))]
