@@ -159,6 +159,16 @@ def test_an_event_that_cannot_be_built_is_kept_as_rejected(tmp_path: Path) -> No
     store.close()
 
 
+def test_something_that_is_no_record_is_reported_not_raised(tmp_path: Path) -> None:
+    with Store(tmp_path / "tb.sqlite3") as store:
+        sender = NotingSender()
+        delivery = Delivery(target(), store, sender)  # type: ignore[arg-type]
+        delivery.emit({"startedAt": "2025-01-15T10:00:00.000Z"})  # type: ignore[arg-type]
+        delivery.emit(window(0))
+        assert sender.notes == ["stays: record: expected a TimeWindow or a Completion, got dict"]
+        assert [r["state"] for r in store.events()] == ["queued"] and delivery.pending == 0
+
+
 def test_records_wait_in_memory_while_the_store_is_unavailable(tmp_path: Path, monkeypatch) -> None:
     store = Store(tmp_path / "tb.sqlite3")
     sender = NotingSender()

@@ -1,7 +1,7 @@
 """The production `records.Sink`: records become Caliper events committed to the outbox.
 
-`emit` builds the envelope, commits it (one SQLite transaction) and wakes the sender; it never
-touches the network and never raises into the Activity. The envelope's `sendTime` is the
+`emit` builds the envelope, commits it to the outbox and wakes the sender; it never touches
+the network and never raises into the Activity. The envelope's `sendTime` is the
 commit time, so every retry resends the very same bytes. What cannot be turned into an event
 is kept as a *rejected* outbox row holding the record itself (shown by `timeback-nb events`);
 what cannot be committed because the store is unavailable stays in memory, in order, and is
@@ -15,7 +15,7 @@ import json
 import logging
 import sqlite3
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import events
 from .clock import Clock, SystemClock, iso_utc_ms
@@ -55,33 +55,47 @@ class Delivery:
             return len(self._pending)
 
     def emit(self, record: Record) -> None:
+        if not isinstance(record, (TimeWindow, Completion)):  # a caller's bug: nothing to keep
+            self._report(f"record: expected a TimeWindow or a Completion, got {type(record).__name__}")
+            return
         with self._lock:
             self._pending.append(record)
-            self._commit_pending()
+            problems = self._commit_pending()
+        for message, passes in problems:  # outside the lock: observers may do anything
+            self._report(message, passes=passes)
         self.sender.wake()
 
     def retry_pending(self) -> int:
         """Commit what the store could not take earlier; returns how many are still pending."""
         with self._lock:
-            self._commit_pending()
-            return len(self._pending)
+            problems = self._commit_pending()
+            left = len(self._pending)
+        for message, passes in problems:
+            self._report(message, passes=passes)
+        return left
 
-    def _commit_pending(self) -> None:
+    def _commit_pending(self) -> list[tuple[str, bool]]:
+        """Commit held records oldest first; the problems met, as (message, passes)."""
+        problems: list[tuple[str, bool]] = []
         while self._pending:
             record = self._pending[0]
             try:
-                self._commit(record)
+                problem = self._commit(record)
             except _STORE_ERRORS as exc:
-                self._report(f"outbox unavailable, {len(self._pending)} record(s) held in memory: {exc}", passes=True)
-                return
+                problems.append((f"outbox unavailable, {len(self._pending)} record(s) held in memory: {exc}", True))
+                break
             except Exception as exc:  # never into the Activity; the record stays held
                 log.exception("timeback: committing a record failed")
-                self._report(f"{len(self._pending)} record(s) held in memory: {type(exc).__name__}: {exc}", passes=True)
-                return
+                problems.append((f"{len(self._pending)} record(s) held in memory: {type(exc).__name__}: {exc}", True))
+                break
+            if problem is not None:
+                problems.append((problem, False))
             self._pending.pop(0)
+        return problems
 
-    def _commit(self, record: Record) -> None:
-        """Enqueue the event built from `record`, or park the record if none can be built."""
+    def _commit(self, record: Record) -> str | None:
+        """Enqueue the event built from `record`, or park the record if none can be built (and
+        say why)."""
         try:
             kind, event_id, body = self._build(record)
         except _STORE_ERRORS:
@@ -92,21 +106,19 @@ class Delivery:
             body = json.dumps(record.as_body(), ensure_ascii=False, separators=(",", ":"), default=str)
             digest = hashlib.sha256(f"{type(record).__name__}:{body}".encode()).hexdigest()[:32]
             self.store.park(f"unsent:{digest}", _kind(record), record.run_id, body, reason)
-            self._report(reason)
-            return
+            return reason
         self.store.enqueue(event_id, kind, record.run_id, body)
+        return None
 
     def _build(self, record: Record) -> tuple[str, str, str]:
         send_time = iso_utc_ms(self.clock.wall_ms())
         if isinstance(record, TimeWindow):
             envelope = events.time_spent_envelope(record, self.target, send_time=send_time)
-        elif isinstance(record, Completion):
-            envelope = self._completion(record, send_time)
         else:
-            raise TypeError(f"record: expected a TimeWindow or a Completion, got {type(record).__name__}")
+            envelope = self._completion(record, send_time)
         return _kind(record), events.event_id(envelope), events.dumps(envelope)
 
-    def _completion(self, record: Completion, send_time: str) -> dict:
+    def _completion(self, record: Completion, send_time: str) -> dict[str, Any]:
         # The id does not depend on the attempt: build once to learn it, so a replayed
         # completion (already in the outbox) does not use up an attempt number.
         envelope = events.completion_envelope(record, self.target, attempt=1, send_time=send_time)
