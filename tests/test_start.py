@@ -205,3 +205,18 @@ def test_bad_record_arguments_send_nothing(local: Path, change: dict, field: str
         timeback_nb.record(**arguments)
     assert field in str(error.value)
     assert not (local / "store.sqlite3").exists() or delivered(local) == []
+
+
+def test_every_run_is_listed_and_only_stateful_ones_stay_open(local: Path) -> None:
+    from timeback_nb.store import Store
+
+    plain = timeback_nb.start("week-3", "Week 3", MATH8, display=False)
+    plain.end()
+    plain.shutdown()
+    kept = timeback_nb.start("week-3", "Week 3", MATH8, stateful=True, display=False)
+    kept.end()
+    kept.shutdown()
+    with Store(local / "store.sqlite3") as store:
+        runs = {run["run_id"]: run for run in store.runs()}
+    assert runs[plain.run_id]["ended_at"] == plain.ended_at and not runs[plain.run_id]["stateful"]
+    assert runs[kept.run_id]["ended_at"] is None and runs[kept.run_id]["stateful"]

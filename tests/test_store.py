@@ -409,3 +409,24 @@ def test_leases_follow_the_rule_keep_rows_exclusive_and_runs_in_order(
         for run in {r for r in runs if r is not None}:
             order = [seq for seq in delivered if model[seq]["run"] == run]
             assert order == sorted(order)
+
+
+def test_a_version_1_store_is_migrated_and_its_runs_stay_resumable(tmp_path) -> None:
+    import sqlite3
+
+    from timeback_nb import store as store_module
+
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(store_module._MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.execute(
+        "INSERT INTO runs (run_id, user_key, activity_id, course_key, started_at, created)"
+        " VALUES ('r-1', 'u', 'a', 'c', '2025-01-15T10:00:00.000Z', 1.0)"
+    )
+    conn.commit()
+    conn.close()
+    with store_module.Store(path) as migrated:
+        assert migrated.open_run("u", "a", "c") == "r-1"
+        migrated.remember_run("u", "a", "c", "r-2", "2025-01-15T11:00:00.000Z", stateful=False)
+        assert migrated.open_run("u", "a", "c") == "r-1"
+        assert [r["run_id"] for r in migrated.runs()] == ["r-2", "r-1"]

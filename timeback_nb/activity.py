@@ -103,6 +103,13 @@ class Activity(HasTraits):
             return self._ledger.end_at is not None
 
     @property
+    def ended_at(self) -> str | None:
+        """ISO-8601 UTC instant of `end()` (or of the kernel's shutdown), None while running."""
+        with self._lock:
+            end = self._ledger.end_at
+        return None if end is None else self._anchor.iso(end)
+
+    @property
     def finished(self) -> bool:
         """Ended, and every record (final windows, completion) has been handed on."""
         return self._finished.is_set()

@@ -105,11 +105,12 @@ def start(
             ping_interval=options["ping_interval"],
             track_time=time,
             mode=context.settings.transport,
-            on_finish=lambda finished, completion: _on_finish(finished, completion, store),
+            on_finish=lambda finished, completion: _on_finish(finished, completion, store, stateful),
             no_page_notice_after=NO_PAGE_NOTICE_AFTER,
         )
-        if stateful:
-            store.remember_run(context.target.user_id, activity_id, course_key, chosen_run_id, activity.started_at)
+        store.remember_run(
+            context.target.user_id, activity_id, course_key, chosen_run_id, activity.started_at, stateful=stateful
+        )
         sender.on_status = activity.set_delivery_status
         activity.set_delivery_status(dict(store.counts(), last_error=sender.last_error))
         activity.begin(shell)
@@ -169,7 +170,7 @@ def flush(timeout: float = 10.0) -> dict[str, int]:
     from .outbox import get_sender
 
     settings = Settings.from_env()
-    return get_sender(settings, _store(settings.store_path)).flush(timeout)
+    return get_sender(settings, _store(settings.store_path), start=False).flush(timeout)
 
 
 # -- wiring --------------------------------------------------------------------------------------
@@ -218,9 +219,10 @@ def _course_key(selector: Mapping[str, Any]) -> str:
     return f"{selector['subject']}:g{selector['grade']}"
 
 
-def _on_finish(activity: Activity, completion: Completion | None, store: Any) -> None:
-    if completion is not None:
-        store.close_run(activity.run_id, completion.ended_at)
+def _on_finish(activity: Activity, completion: Completion | None, store: Any, stateful: bool) -> None:
+    # A stateful run stays open across kernels until a completion closes it.
+    if completion is not None or not stateful:
+        store.close_run(activity.run_id, activity.ended_at)
 
 
 def _now_iso() -> str:

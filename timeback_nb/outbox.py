@@ -306,8 +306,9 @@ def make_transport(settings: Settings, store: Store) -> Transport:
     )
 
 
-def get_sender(settings: Settings, store: Store) -> Sender:
-    """The running sender for this store and endpoint (one per process), started on first use."""
+def get_sender(settings: Settings, store: Store, *, start: bool = True) -> Sender:
+    """The sender for this store and endpoint (one per process), started unless `start=False`
+    (`flush` starts it itself, after counting what is queued)."""
     key = _registry_key(settings, store)
     with _registry_lock:
         sender = _registry.get(key)
@@ -317,7 +318,7 @@ def get_sender(settings: Settings, store: Store) -> Sender:
             sender = None
         if sender is None:
             sender = _registry[key] = Sender(store, make_transport(settings, store))
-    return sender.start()
+    return sender.start() if start else sender
 
 
 def stop_senders(timeout: float = 2.0) -> None:

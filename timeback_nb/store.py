@@ -32,7 +32,7 @@ from .errors import ConfigError, StateError, invalid
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 STATES = ("queued", "delivered", "rejected")
 
@@ -86,6 +86,10 @@ _MIGRATIONS: tuple[str, ...] = (
         body     TEXT NOT NULL,
         received REAL NOT NULL
     );
+    """,
+    # Every run is listed (`timeback-nb runs`); only stateful ones are resumed by a later start.
+    """
+    ALTER TABLE runs ADD COLUMN stateful INTEGER NOT NULL DEFAULT 1;
     """,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
@@ -227,21 +231,22 @@ class Store:
     # -- runs (stateful runIds) ----------------------------------------------------------------
 
     def open_run(self, user_key: str, activity_id: str, course_key: str) -> str | None:
-        """The newest run of this user, activity and course that no completion has closed."""
+        """The newest stateful run of this user, activity and course that no completion has closed."""
         rows = self._query(
             "SELECT run_id FROM runs WHERE user_key = ? AND activity_id = ? AND course_key = ?"
-            " AND ended_at IS NULL ORDER BY created DESC, rowid DESC LIMIT 1",
+            " AND ended_at IS NULL AND stateful = 1 ORDER BY created DESC, rowid DESC LIMIT 1",
             (user_key, activity_id, course_key),
         )
         return str(rows[0][0]) if rows else None
 
     def remember_run(
-        self, user_key: str, activity_id: str, course_key: str, run_id: str, started_at: str
+        self, user_key: str, activity_id: str, course_key: str, run_id: str, started_at: str,
+        *, stateful: bool = True,
     ) -> None:
         self._write(
-            "INSERT OR IGNORE INTO runs (run_id, user_key, activity_id, course_key, started_at, created)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (run_id, user_key, activity_id, course_key, started_at, time.time()),
+            "INSERT OR IGNORE INTO runs (run_id, user_key, activity_id, course_key, started_at, created, stateful)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, user_key, activity_id, course_key, started_at, time.time(), int(stateful)),
         )
 
     def close_run(self, run_id: str, ended_at: str) -> None:
@@ -250,7 +255,7 @@ class Store:
     def runs(self) -> list[dict[str, Any]]:
         """Every remembered run, newest first (for `timeback-nb runs`)."""
         rows = self._query(
-            "SELECT run_id, user_key, activity_id, course_key, started_at, ended_at FROM runs"
+            "SELECT run_id, user_key, activity_id, course_key, started_at, ended_at, stateful FROM runs"
             " ORDER BY created DESC, rowid DESC"
         )
         return [dict(r) for r in rows]
