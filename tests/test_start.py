@@ -220,3 +220,29 @@ def test_every_run_is_listed_and_only_stateful_ones_stay_open(local: Path) -> No
         runs = {run["run_id"]: run for run in store.runs()}
     assert runs[plain.run_id]["ended_at"] == plain.ended_at and not runs[plain.run_id]["stateful"]
     assert runs[kept.run_id]["ended_at"] is None and runs[kept.run_id]["stateful"]
+
+
+def test_outbox_mode_keeps_events_queued_for_a_trusted_process_to_deliver(local: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIMEBACK_NB_TRANSPORT", "outbox")
+    monkeypatch.setenv("TIMEBACK_USER_ID", "u-123")
+    activity = timeback_nb.start("week-3", "Week 3", MATH8, heartbeat_interval=0.2, display=False)
+    assert activity.mode == "outbox"
+    import time
+
+    time.sleep(0.05)  # a non-empty window
+    activity.end({"xpEarned": 3})  # no page ever reported: settles at once
+    assert activity.finished
+    assert timeback_nb.flush(timeout=1) == {"delivered": 0, "queued": 2, "rejected": 0}
+    assert activity.pending_events == 2
+    # The operator's process, with the transport (and in production the credentials):
+    monkeypatch.setenv("TIMEBACK_NB_TRANSPORT", "local")
+    assert timeback_nb.flush(timeout=5) == {"delivered": 2, "queued": 0, "rejected": 0}
+    sent = [e["data"][0] for e in delivered(local)]
+    assert [e["type"] for e in sent] == ["TimeSpentEvent", "ActivityEvent"]
+    assert sent[0]["actor"]["id"].endswith("/users/u-123")
+
+
+def test_outbox_mode_needs_the_student_id_from_the_environment(local: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIMEBACK_NB_TRANSPORT", "outbox")
+    with pytest.raises(ConfigError, match="TIMEBACK_USER_ID"):
+        timeback_nb.start("week-3", "Week 3", MATH8, display=False)

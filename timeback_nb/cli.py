@@ -233,6 +233,8 @@ def _print_settings(settings: Settings, notes: list[str]) -> None:
     print(f"environment   {settings.env}")
     if settings.transport == "local":
         print("transport     local: events are kept in the store, nothing is sent")
+    elif settings.transport == "outbox":
+        print("transport     outbox: events stay queued for a trusted `timeback-nb flush` to deliver")
     else:
         print(f"transport     caliper: {settings.caliper_url}")
         print(f"token URL     {settings.auth_url}")

@@ -121,6 +121,18 @@ def check_endpoint(url: Any, field: str) -> str:
     return url.strip()
 
 
+# local: delivered into the store's events table; caliper: sent to the endpoint; outbox: kept
+# queued for a trusted process with the credentials to deliver (JupyterHub, see the README).
+TRANSPORTS = ("local", "caliper", "outbox")
+
+
+def unknown_transport(value: Any) -> ConfigError:
+    return ConfigError(
+        f"TIMEBACK_NB_TRANSPORT: {value!r} is not a transport; allowed: {', '.join(TRANSPORTS)}",
+        field="TIMEBACK_NB_TRANSPORT",
+    )
+
+
 def _default_store_path() -> Path:
     return platformdirs.user_data_path("timeback-nb") / "timeback.sqlite3"
 
@@ -140,7 +152,7 @@ class Settings:
     oneroster_url: str  # OneRoster / main API base, no trailing slash
     user_email: str | None
     user_id: str | None
-    transport: str  # "local" | "caliper"
+    transport: str  # one of TRANSPORTS
     store_path: Path
     config_path: Path | None
 
@@ -191,11 +203,8 @@ class Settings:
                 )
             transport = "local" if missing else "caliper"
         transport = transport.lower()
-        if transport not in ("local", "caliper"):
-            raise ConfigError(
-                f"TIMEBACK_NB_TRANSPORT: {transport!r} is not a transport; allowed: local, caliper",
-                field="TIMEBACK_NB_TRANSPORT",
-            )
+        if transport not in TRANSPORTS:
+            raise unknown_transport(transport)
         if transport == "caliper" and missing:
             raise ConfigError(
                 f"TIMEBACK_NB_TRANSPORT=caliper needs credentials: {' and '.join(missing)} "

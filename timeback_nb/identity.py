@@ -51,6 +51,13 @@ def resolve_user(
         email, user_id = settings.user_email, settings.user_id
     if email and user_id:
         return email, user_id
+    if settings.transport == "outbox":
+        # The process that will deliver these events holds the credentials, not this one.
+        raise ConfigError(
+            "TIMEBACK_USER_ID: TIMEBACK_NB_TRANSPORT=outbox needs the student's email and OneRoster "
+            "sourcedId from the environment (TIMEBACK_USER_EMAIL, TIMEBACK_USER_ID) or user=",
+            field="TIMEBACK_USER_ID",
+        )
     if settings.transport != "caliper":
         login = _login()
         if email is None:

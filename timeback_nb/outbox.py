@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import ConfigError
+from .config import unknown_transport
 from .store import Row, Store
 from .transport import CaliperTransport, LocalTransport, Outcome, Transport
 
@@ -286,8 +286,8 @@ _registry_lock = threading.Lock()
 
 
 def _registry_key(settings: Settings, store: Store) -> tuple[str, ...]:
-    if settings.transport == "local":
-        return (str(store.path), "local")
+    if settings.transport in ("local", "outbox"):
+        return (str(store.path), settings.transport)
     secret = hashlib.sha256((settings.client_secret or "").encode("utf-8")).hexdigest()
     return (str(store.path), "caliper", settings.caliper_url, settings.auth_url, settings.client_id or "", secret)
 
@@ -300,13 +300,44 @@ def make_transport(settings: Settings, store: Store) -> Transport:
         return CaliperTransport(
             settings.caliper_url, settings.auth_url, settings.client_id or "", settings.client_secret or ""
         )
-    raise ConfigError(
-        f"TIMEBACK_NB_TRANSPORT: {settings.transport!r} is not a transport; allowed: local, caliper",
-        field="TIMEBACK_NB_TRANSPORT",
-    )
+    raise unknown_transport(settings.transport)
 
 
-def get_sender(settings: Settings, store: Store, *, start: bool = True) -> Sender:
+class HeldOutbox:
+    """`TIMEBACK_NB_TRANSPORT=outbox`: events are committed and stay queued; this process sends
+    nothing. A trusted process that holds the credentials delivers them (`timeback-nb flush`).
+    Same surface as `Sender`, so the Activity and `Delivery` need not know the difference."""
+
+    running = False
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.transport = None
+        self.on_status: Callable[[Status], None] | None = None
+        self.last_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"HeldOutbox({self.store!r})"
+
+    def start(self) -> HeldOutbox:
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        pass
+
+    def wake(self) -> None:
+        if self.on_status is not None:
+            self.on_status(dict(self.store.counts(), last_error=self.last_error))
+
+    def note_error(self, message: str, *, passes: bool = False) -> None:
+        self.last_error = message
+        self.wake()
+
+    def flush(self, timeout: float = 10.0) -> dict[str, int]:
+        return {"delivered": 0, "queued": self.store.counts()["queued"], "rejected": 0}
+
+
+def get_sender(settings: Settings, store: Store, *, start: bool = True) -> Sender | HeldOutbox:
     """The sender for this store and endpoint (one per process), started unless `start=False`
     (`flush` starts it itself, after counting what is queued)."""
     key = _registry_key(settings, store)
@@ -314,8 +345,11 @@ def get_sender(settings: Settings, store: Store, *, start: bool = True) -> Sende
         sender = _registry.get(key)
         if sender is not None and sender.store.closed:  # it has nothing left to do
             sender.stop(1.0)
-            sender.transport.close()
+            if sender.transport is not None:
+                sender.transport.close()
             sender = None
+        if sender is None and settings.transport == "outbox":
+            sender = _registry[key] = HeldOutbox(store)
         if sender is None:
             sender = _registry[key] = Sender(store, make_transport(settings, store))
     return sender.start() if start else sender
@@ -328,7 +362,8 @@ def stop_senders(timeout: float = 2.0) -> None:
         _registry.clear()
     for sender in senders:
         sender.stop(timeout)
-        sender.transport.close()
+        if sender.transport is not None:
+            sender.transport.close()
 
 
 atexit.register(stop_senders)
