@@ -183,7 +183,7 @@ def expected_abandonment(plan: Plan, active: list[tuple[int, int]]) -> list[tupl
     """Abandoned stretches [X, R): after abandon_ms without activity, until activity or resume."""
     stretches = []
     resumes = sorted(r for _, r in plan.pauses if r is not None)
-    run_start, t = 0, 0
+    run_start = 0
     bounds = active + [(plan.end, plan.end)]
     i = 0
     while True:

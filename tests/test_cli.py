@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -165,7 +164,7 @@ def test_check_fails_on_a_course_not_synced_for_the_env_in_use(
 
     assert cli.main(["check"]) == 0  # staging is in use: production only gets a note
     captured = capsys.readouterr()
-    assert f"(from TIMEBACK_CONFIG)" in captured.out
+    assert "(from TIMEBACK_CONFIG)" in captured.out
     assert "note: courses[1].ids.production: course NB-MATH-8 is not synced for production" in captured.out
     assert any(line.startswith("NB-MATH-8") and "not synced" in line for line in captured.out.splitlines())
 

@@ -15,7 +15,6 @@ from traitlets.config import Config
 import timeback_nb
 from timeback_nb import magics
 from timeback_nb.magics import Command, TimebackMagics, parse_line
-from timeback_nb.outbox import stop_senders
 from timeback_nb.store import Store
 
 
@@ -213,34 +212,11 @@ def test_a_usage_error_is_one_line_not_a_traceback(
 
 # --- against the real API, local mode ---------------------------------------------------------
 
-CONFIG = {
-    "name": "Course Notebooks",
-    "sensor": "https://notebooks.example.org",
-    "courses": [
-        {"subject": "Math", "grade": 8, "ids": {"staging": "c-stg-8"}},
-        {"subject": "Other", "courseCode": "DS-101", "ids": {"staging": "c-stg-ds"}},
-    ],
-}
-
-
 @pytest.fixture
-def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shell: InteractiveShell) -> Iterator[Path]:
+def local(local_env: Path, shell: InteractiveShell) -> Iterator[Path]:
     """A shell with the extension loaded, a config and a local store in tmp_path."""
-    config = tmp_path / "timeback.config.json"
-    config.write_text(json.dumps(CONFIG))
-    for name in ("TIMEBACK_CLIENT_ID", "TIMEBACK_CLIENT_SECRET", "TIMEBACK_ENV", "TIMEBACK_USER_ID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("TIMEBACK_CONFIG", str(config))
-    monkeypatch.setenv("TIMEBACK_NB_STORE", str(tmp_path / "store.sqlite"))
-    monkeypatch.setenv("TIMEBACK_NB_TRANSPORT", "local")
-    monkeypatch.setenv("TIMEBACK_USER_EMAIL", "student@example.edu")
     magics.load_ipython_extension(shell)
-    yield tmp_path
-    running = timeback_nb.current()
-    if running is not None:
-        running.end()
-        running.shutdown()
-    stop_senders()
+    yield local_env
 
 
 def _run(shell: InteractiveShell, capsys: pytest.CaptureFixture[str], line: str) -> tuple[str, str]:
@@ -284,7 +260,7 @@ def test_a_whole_run_through_the_magic(
     _wait_finished(activity)
     assert timeback_nb.current() is None
     assert timeback_nb.flush(timeout=5)["queued"] == 0
-    with Store(local / "store.sqlite") as store:
+    with Store(local / "store.sqlite3") as store:
         sent = [json.loads(row["body"])["data"][0] for row in store.local_events()]
     completion = sent[-1]
     assert completion["type"] == "ActivityEvent"
@@ -343,6 +319,6 @@ def test_time_off_and_a_one_line_end(local: Path, shell: InteractiveShell, capsy
     assert out.startswith("quiz: ended")
     _wait_finished(activity)
     timeback_nb.flush(timeout=5)
-    with Store(local / "store.sqlite") as store:
+    with Store(local / "store.sqlite3") as store:
         kinds = [json.loads(row["body"])["data"][0]["type"] for row in store.local_events()]
     assert kinds == ["ActivityEvent"]  # completion only, no time

@@ -14,35 +14,12 @@ from timeback_nb.errors import ConfigError, StateError, TimebackError, Validatio
 
 from tests.fakes import Page
 
-CONFIG = {
-    "name": "Course Notebooks",
-    "sensor": "https://notebooks.example.org",
-    "courses": [
-        {"subject": "Math", "grade": 8, "ids": {"staging": "c-stg-1", "production": "c-prd-1"}},
-        {"subject": "Other", "courseCode": "DS-101", "ids": {"staging": "c-stg-2"}},
-    ],
-}
 MATH8 = {"subject": "Math", "grade": 8}
 
 
 @pytest.fixture
-def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    config = tmp_path / "timeback.config.json"
-    config.write_text(json.dumps(CONFIG))
-    for name in ("TIMEBACK_CLIENT_ID", "TIMEBACK_CLIENT_SECRET", "TIMEBACK_ENV", "TIMEBACK_USER_ID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("TIMEBACK_CONFIG", str(config))
-    monkeypatch.setenv("TIMEBACK_NB_STORE", str(tmp_path / "store.sqlite3"))
-    monkeypatch.setenv("TIMEBACK_NB_TRANSPORT", "local")
-    monkeypatch.setenv("TIMEBACK_USER_EMAIL", "student@example.edu")
-    yield tmp_path
-    running = timeback_nb.current()
-    if running is not None:
-        running.end()
-        running.shutdown()
-    from timeback_nb.outbox import stop_senders
-
-    stop_senders()
+def local(local_env: Path) -> Path:
+    return local_env
 
 
 def delivered(tmp_path: Path) -> list[dict]:
