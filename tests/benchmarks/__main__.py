@@ -97,8 +97,11 @@ def render(rows: list[Row], errors: dict[str, str], markdown: bool) -> str:
         lines += [""] + [f"- {note}" for note in notes]
     else:
         widths = [max(len(r[i]) for r in [HEADER, *table]) for i in range(len(HEADER))]
-        fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-        lines = [fmt(HEADER), fmt(["-" * w for w in widths]), *map(fmt, table)]
+
+        def aligned(cells: list[str]) -> str:
+            return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+        lines = [aligned(HEADER), aligned(["-" * w for w in widths]), *map(aligned, table)]
         lines += [""] + [f"  * {note}" for note in notes]
     lines += ["", f"Machine: {machine_facts()}"]
     return "\n".join(lines)
