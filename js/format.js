@@ -41,10 +41,10 @@ export function stateLabel(state, mode, pending, rejected) {
   return parts.join(" · ");
 }
 
-/** The next ping delay from the kernel's `nextPingMs`: 250..10000 ms, else 2000. */
+/** The next ping delay from the kernel's `nextPingMs` (short just after a window boundary): 20..10000 ms, else 2000. */
 export function clampPingDelay(/** @type {unknown} */ ms) {
   if (typeof ms !== "number" || !Number.isFinite(ms)) return 2000;
-  return Math.min(10000, Math.max(250, ms));
+  return Math.min(10000, Math.max(20, ms));
 }
 
 /**

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import threading
+import uuid
+
+from timeback_nb.clock import SystemClock
 
 
 class FakeClock:
@@ -46,3 +49,33 @@ class Page:
         return self.activity.page_message(
             {"type": "report", "page": self.name, "seq": self.seq, "kind": kind, "visible": visible, "t": t}
         )
+
+
+class PingingPage:
+    """A visible page on its own thread with the real clock: a transition, then a ping whenever
+    the kernel's reply says (`nextPingMs`, clamped to 20 ms–10 s as js/format.js does)."""
+
+    def __init__(self, activity, name: str | None = None) -> None:
+        self.page = Page(activity, SystemClock(), name or f"tab-{uuid.uuid4().hex[:8]}", clock_offset=0)
+        self.replies = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="simulated-page", daemon=True)
+
+    def _send(self, kind: str) -> float:
+        reply = self.page.send(kind, True)
+        self.replies += reply is not None
+        delay = reply.get("nextPingMs") if reply else None
+        return 2.0 if not isinstance(delay, (int, float)) else min(10.0, max(0.02, delay / 1000))
+
+    def _run(self) -> None:
+        delay = self._send("transition")
+        while not self._stop.wait(delay):
+            delay = self._send("ping")
+
+    def start(self) -> "PingingPage":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

@@ -13,7 +13,7 @@ from timeback_nb.errors import StateError, TimebackError, ValidationError
 from timeback_nb.records import ActivityRef, Completion, MemorySink, TimeWindow
 from timeback_nb.validation import iso_to_epoch_ms
 
-from tests.fakes import FakeClock, Page
+from tests.fakes import FakeClock, Page, PingingPage
 
 REF = ActivityRef("week-3", "Week 3: Linear functions", {"subject": "Math", "grade": 8})
 RUN_ID = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
@@ -109,25 +109,14 @@ def test_real_clock_windows_are_handed_on_within_100_ms_of_their_end() -> None:
             handed.append((record, SystemClock().wall_ms()))
             super().emit(record)
 
-    clock = SystemClock()
     sink = TimedSink()
     activity = Activity(REF, run_id=RUN_ID, sink=sink, heartbeat_interval=0.25, abandon_after=5.0, ping_interval=0.1)
     activity.begin()
-    page = Page(activity, clock, clock_offset=0)
-    stop = threading.Event()
-
-    def browser() -> None:  # pings as the page does: at the interval the kernel asks for
-        reply = page.send("transition", True)
-        while not stop.wait(reply["nextPingMs"] / 1000):
-            reply = page.send("ping", True)
-
-    thread = threading.Thread(target=browser)
-    thread.start()
+    tab = PingingPage(activity).start()  # pings as the page does: when the kernel asks
     time.sleep(1.4)
     activity.end()
     wait_for(lambda: activity.finished)  # the page's next report closes the final window
-    stop.set()
-    thread.join()
+    tab.stop()
     windows = sink.windows
     assert len(windows) >= 5
     assert_contiguous(windows)

@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import timeback_nb
-from timeback_nb.clock import SystemClock
-
-from tests.fakes import Page
+from tests.fakes import PingingPage
 from tests.loopback import CLIENT_ID, CLIENT_SECRET, LoopbackServer
 from tests.schema import validate_envelope
 
@@ -35,16 +32,7 @@ def caliper(local_env: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_an_endpoint_outage_loses_nothing_and_sends_every_window_once_in_order(caliper: LoopbackServer) -> None:
     activity = timeback_nb.start("week-3", "Week 3", {"subject": "Math", "grade": 8}, heartbeat_interval=0.25, display=False)
-    page = Page(activity, SystemClock(), clock_offset=0)
-    stop = threading.Event()
-
-    def browser() -> None:
-        reply = page.send("transition", True)
-        while not stop.wait(reply["nextPingMs"] / 1000):
-            reply = page.send("ping", True)
-
-    tab = threading.Thread(target=browser)
-    tab.start()
+    tab = PingingPage(activity).start()
     time.sleep(1.0)
     caliper.outage(OUTAGE_S)  # every event request now gets a 503
     time.sleep(OUTAGE_S - 1.0)
@@ -56,8 +44,7 @@ def test_an_endpoint_outage_loses_nothing_and_sends_every_window_once_in_order(c
     deadline = time.monotonic() + 5
     while not activity.finished and time.monotonic() < deadline:
         time.sleep(0.01)
-    stop.set()
-    tab.join()
+    tab.stop()
     counts = timeback_nb.flush(timeout=15)
     assert counts["queued"] == 0 and counts["rejected"] == 0
 
