@@ -21,8 +21,8 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
 from . import api
-from .errors import StateError, TimebackError
 from .clock import format_elapsed  # the page's own elapsed-time format, so both read alike
+from .errors import StateError, TimebackError
 
 if TYPE_CHECKING:
     from .activity import Activity
