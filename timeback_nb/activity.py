@@ -146,7 +146,9 @@ class Activity(HasTraits):
     def end(self, metrics: Mapping[str, Any] | None = None) -> None:
         """Close the final window; with `metrics`, then send the completion event.
 
-        Invalid metrics raise before anything changes, so the activity keeps running.
+        Invalid metrics raise before anything changes, so the activity keeps running. The final
+        window closes once the pages' reports up to this instant are in: at once when they arrive
+        live (or no page ever reported), else right after this cell; `finished` tells.
         """
         from .validation import validate_metrics  # config-free rules; imported late for start-up cost
 
