@@ -207,6 +207,7 @@ class Sender:
             self.store.expedite(time.time())
         now = time.time()
         if max(self._pause_until, self._hold_until) > now:
+            self._report()  # woken while waiting out a retry: what was just queued still shows
             return False
         rows = self.store.lease(self.owner, now, self.lease_seconds, self.batch)
         if not rows:
