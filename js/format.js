@@ -36,7 +36,7 @@ export function stateLabel(state, mode, pending, rejected) {
   const parts = [STATES.includes(state) ? state : "connecting"];
   if (mode === "local") parts.push("local");
   if (mode === "memory") parts.push("not saved");
-  if (pending > 0) parts.push(`${pending} queued`);
+  if (pending > 0) parts.push(mode === "outbox" ? `${pending} held` : `${pending} queued`);
   if (rejected > 0) parts.push(`${rejected} rejected`);
   return parts.join(" · ");
 }

@@ -91,7 +91,7 @@ function render({ model, el }) {
     const [state, pending, rejected] = ["state", "pending_events", "rejected_events"].map((k) => model.get(k));
     const label = stateLabel(state, model.get("mode"), pending, rejected);
     root.dataset.state = state;
-    root.dataset.trouble = rejected > 0 ? "rejected" : pending > 0 ? "queued" : "";
+    root.dataset.trouble = rejected > 0 ? "rejected" : pending > 0 && model.get("mode") != "outbox" ? "queued" : "";
     name.textContent = model.get("activity_name");
     chip.textContent = label;
     chip.title = model.get("last_error") || label;

@@ -56,6 +56,7 @@ test("stateLabel names the state, then local/memory mode and delivery trouble", 
   assert.equal(stateLabel("ended", "caliper", 2, 1), "ended · 2 queued · 1 rejected");
   assert.equal(stateLabel("abandoned", "local", 0, 4), "abandoned · local · 4 rejected");
   assert.equal(stateLabel("", "caliper", 0, 0), "connecting");
+  assert.equal(stateLabel("active", "outbox", 5, 0), "active · 5 held");
 });
 
 test("clampPingDelay keeps the kernel's delay within 20..10000 ms, default 2000", () => {
