@@ -7,9 +7,9 @@ to the delivery sink, and keep the one-running-activity-per-kernel rule.
 from __future__ import annotations
 
 import atexit
-import logging
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .activity import Activity
@@ -26,8 +26,6 @@ from .validation import (
     validate_run_id,
     validate_user,
 )
-
-log = logging.getLogger(__name__)
 
 NO_PAGE_NOTICE_AFTER = 5.0  # seconds without any page report before saying time is not counted
 
@@ -176,12 +174,16 @@ def flush(timeout: float = 10.0) -> dict[str, int]:
 # -- wiring --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class _Context:
     """Config, identity and delivery resolved for one activity."""
 
-    def __init__(self, settings: Any, course: Any, store: Any, target: Any, sender: Any, delivery: Any) -> None:
-        self.settings, self.course, self.store = settings, course, store
-        self.target, self.sender, self.delivery = target, sender, delivery
+    settings: Any
+    course: Any
+    store: Any
+    target: Any
+    sender: Any
+    delivery: Any
 
 
 def _resolve(config: str | None, selector: dict[str, Any] | None, user: dict[str, Any] | None) -> _Context:
