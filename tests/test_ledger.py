@@ -113,3 +113,16 @@ def test_an_end_with_no_page_ever_settles_at_once_even_inside_a_busy_cell() -> N
     windows = ledger.advance(2_500)
     assert [(w.start, w.end, w.active_ms) for w in windows] == [(0, 1_000, 0), (1_000, 2_000, 0), (2_000, 2_500, 0)]
     assert ledger.finished
+
+
+def test_closed_time_is_forgotten_so_a_long_run_keeps_a_small_history() -> None:
+    ledger = Ledger(start=0, interval_ms=1_000, abandon_ms=600_000)
+    tab = Tab(ledger, "a")
+    for second in range(3_600):  # an hour, visibility flipping every second
+        tab.send("transition", second % 2 == 0, second * 1_000)
+        ledger.advance(second * 1_000)
+    tab.send("ping", False, 3_600_050)
+    ledger.advance(3_600_050)
+    assert ledger.closed_active_ms == 1_800_000
+    [presence] = ledger._pages["a"]
+    assert len(presence.changes) <= 2

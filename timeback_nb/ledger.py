@@ -90,16 +90,17 @@ class _Presence:
         return round(page_t + self.offset)
 
     @property
-    def appeared(self) -> int:
-        return self.at(self.changes[0][0])
-
-    @property
     def visible_now(self) -> bool:
         return self.gone_t is None and self.changes[-1][1]
 
     @property
     def gone_at(self) -> float:
         return FOREVER if self.gone_t is None else self.at(self.gone_t)
+
+    def forget_before(self, t: int) -> None:
+        """Drop changes superseded before `t`; the one in force at `t` stays."""
+        while len(self.changes) > 1 and self.at(self.changes[1][0]) <= t:
+            self.changes.pop(0)
 
     def visible_spans(self, a: int, b: float) -> list[tuple[int, float]]:
         """Kernel-time spans within ``[a, b)`` where this page was present and visible."""
@@ -377,10 +378,23 @@ class Ledger:
         if spans:
             self._last_active = int(spans[-1][1])
         self.closed_until = end
+        self._forget_before(end)
         if end <= start:
             return []
         self.closed_active_ms += active
         return [Window(self.segment, start, end, active)]
+
+    def _forget_before(self, t: int) -> None:
+        """Closed time is never accounted again: keep only what decides the state from `t` on,
+        so a long run costs no more per report than a short one."""
+        for page, presences in self._pages.items():
+            kept = [p for p in presences[:-1] if p.gone_at > t] + presences[-1:]  # the last one keeps seq order
+            for presence in kept:
+                presence.forget_before(t)
+            self._pages[page] = kept
+        self._pauses = [pause for pause in self._pauses if pause[1] > t]
+        self._cuts = [cut for cut in self._cuts if cut > t]
+        self._resumes = [resume for resume in self._resumes if resume >= t]
 
     def _new_segment(self, at: int) -> None:
         self.segment += 1
