@@ -71,6 +71,42 @@ def test_windows_close_on_the_grid_and_end_hands_on_the_last_one_then_the_comple
     assert activity.elapsed_ms == sum(w.elapsed_ms for w in windows) == 2800
 
 
+def test_the_report_that_completes_a_window_hands_it_on_itself_and_wakes_the_heartbeat_only_for_news() -> None:
+    clock = FakeClock()
+    activity, sink = make(clock)
+    wakes = []
+
+    def heartbeat_woken() -> None:  # stands in for the heartbeat thread: ticks when woken
+        wakes.append(clock.monotonic_ms())
+        activity._tick()
+
+    activity._heartbeat.wake = heartbeat_woken
+    page = Page(activity, clock)
+    page.send("transition", True)
+    assert len(wakes) == 1, "hidden -> active is news for the traits"
+    clock.advance(600)
+    page.send("ping", True)
+    assert not sink.records and len(wakes) == 1, "a ping inside the window changes nothing to show"
+    clock.advance(440)  # just past the boundary, as the kernel's nextPingMs asks
+    page.send("ping", True)
+    assert [w.elapsed_ms for w in sink.windows] == [1000], "closed by the report, no tick needed"
+    assert len(wakes) == 1
+    clock.advance(100)
+    page.send("transition", False)
+    assert len(wakes) == 2 and activity.state == "hidden"
+    clock.advance(100)
+    page.send("ping", False)
+    assert len(wakes) == 2
+    clock.advance(100)
+    page.send("transition", True)
+    clock.advance(300)
+    activity.end({"xpEarned": 1})
+    assert not sink.completions, "a visible page is known only up to its last report"
+    clock.advance(40)
+    page.send("ping", True)
+    assert sink.completions and activity.finished, "the report that lets the completion go wakes the heartbeat"
+
+
 def test_heartbeat_thread_with_a_fake_clock_loses_and_doubles_nothing_and_stops_at_end() -> None:
     clock = FakeClock()
     activity, sink = make(clock)

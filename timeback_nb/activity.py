@@ -1,8 +1,9 @@
 """The kernel-side Activity: live traits over the ledger, the heartbeat thread, the lifecycle.
 
 Page messages arrive on whichever thread handles the comm (the main shell or a subshell, while a
-cell runs), the heartbeat thread closes windows, and cells call pause/resume/end: one lock
-guards the ledger and the hand-off to the sink, so records leave in order, exactly once.
+cell runs) and close the windows they complete; the heartbeat thread closes the rest (held
+windows, pauses, abandonment, the end) and refreshes the traits; cells call pause/resume/end.
+One lock guards the ledger and the hand-off to the sink, so records leave in order, exactly once.
 """
 
 from __future__ import annotations
@@ -200,6 +201,13 @@ class Activity(HasTraits):
         with self._lock:
             now = self._now()
             self._ledger.report(report, now)
+            # Close here what this report completes: the page pings just after each boundary,
+            # so this is the heartbeat, without a hop to the heartbeat thread.
+            self._close_windows(now)
+            # The heartbeat thread ticks each second anyway; wake it only when it has something
+            # to do now (a changed state to show, a completion to hand on). Waking it for every
+            # ping would make it compete with the sender for the GIL while an event goes out.
+            wake = self._completion_due or self._ledger.state(now) != self.state
             reply = self._snapshot(now)
             boundary = self._ledger.ms_to_boundary(now)
             ping_ms = self._ledger.ping_ms
@@ -207,7 +215,8 @@ class Activity(HasTraits):
                 # Report again just after the boundary, so the window closes on time.
                 ping_ms = max(40, boundary + 40)
             reply["nextPingMs"] = ping_ms
-        self._heartbeat.wake()
+        if wake:
+            self._heartbeat.wake()
         return reply
 
     def _cell_started(self, *_: Any) -> None:
@@ -235,9 +244,7 @@ class Activity(HasTraits):
         finished_now = False
         with self._lock:
             now = self._now()
-            for window in self._ledger.advance(now):
-                if self.track_time:
-                    self._emit(self._time_window(window))
+            self._close_windows(now)
             if self._completion_due and (self._ledger.finished or not self.track_time):
                 self._completion_due = False
                 if self._completion is not None:
@@ -257,6 +264,12 @@ class Activity(HasTraits):
             self._finish()
             return None
         return None if self.finished else delay
+
+    def _close_windows(self, now: int) -> None:
+        """Hand on every window that what is known at `now` lets the ledger close (lock held)."""
+        for window in self._ledger.advance(now):
+            if self.track_time:
+                self._emit(self._time_window(window))
 
     def _emit(self, record: TimeWindow | Completion) -> None:
         try:
