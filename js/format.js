@@ -3,7 +3,7 @@
 /** Active time as a clock: "0:07", "12:34", "1:02:03". @param {number} ms @returns {string} */
 export function formatElapsed(ms) {
   const s = Math.floor(Math.max(0, Number.isFinite(ms) ? ms : 0) / 1000);
-  const two = (/** @type {number} */ n) => String(n).padStart(2, "0");
+  const two = (n) => String(n).padStart(2, "0");
   const h = Math.floor(s / 3600);
   const m = Math.floor(s / 60) % 60;
   return h ? `${h}:${two(m)}:${two(s % 60)}` : `${m}:${two(s % 60)}`;
@@ -41,8 +41,13 @@ export function stateLabel(state, mode, pending, rejected) {
   return parts.join(" · ");
 }
 
+/** The chip's colour: rejected, queued, or none (outbox mode holds events on purpose). */
+export function troubleOf(mode, pending, rejected) {
+  return rejected > 0 ? "rejected" : pending > 0 && mode !== "outbox" ? "queued" : "";
+}
+
 /** The next ping delay from the kernel's `nextPingMs` (short just after a window boundary): 20..10000 ms, else 2000. */
-export function clampPingDelay(/** @type {unknown} */ ms) {
+export function clampPingDelay(ms) {
   if (typeof ms !== "number" || !Number.isFinite(ms)) return 2000;
   return Math.min(10000, Math.max(20, ms));
 }

@@ -1,5 +1,5 @@
 // timeback_nb's page side: initialize (per page) reports visibility; render (per view) shows time.
-import { buildReport, clampPingDelay, displayedElapsed, formatElapsed, newPageId, stateLabel } from "./format.js";
+import { buildReport, clampPingDelay, displayedElapsed, formatElapsed, newPageId, stateLabel, troubleOf } from "./format.js";
 
 /** @typedef {{get(k: string): any, send(m: object): void, on(e: string, f: Function): void,
  *   off(e: string, f: Function): void}} Model */
@@ -11,7 +11,6 @@ function initialize({ model }) {
   let seq = 0;
   let delay = clampPingDelay(undefined);
   let gone = false;
-  /** @type {any} */
   let timer;
   const report = (/** @type {"transition"|"ping"|"bye"} */ kind, visible = document.visibilityState === "visible") => {
     try {
@@ -25,14 +24,13 @@ function initialize({ model }) {
   const onFreeze = () => gone || report("transition", false);
   const onShow = () => { gone = false; report("transition"); };
   const onHide = () => { report("bye", false); gone = true; };
-  const onAck = (/** @type {any} */ msg) => {
+  const onAck = (msg) => {
     if (msg && msg.type === "ack") delay = clampPingDelay(msg.nextPingMs);
   };
   const ping = () => {
     if (!gone) report("ping");
     timer = setTimeout(ping, delay);
   };
-  /** @type {[EventTarget, string, EventListener][]} */
   const listeners = [
     [document, "visibilitychange", onChange],
     [document, "freeze", onFreeze],
@@ -74,8 +72,8 @@ function render({ model, el }) {
   el.innerHTML = `<style>${CSS}</style><div class="tbnb"><i aria-hidden="true"></i><span class="tbnb-name"></span>`
     + `<span class="tbnb-time" role="timer" aria-label="Active time">0:00</span><span class="tbnb-chip"></span>`
     + `<span class="tbnb-sr" aria-live="polite"></span></div>`;
-  const root = /** @type {HTMLElement} */ (el.lastElementChild);
-  const [name, time, chip, live] = /** @type {HTMLElement[]} */ ([...root.children].slice(1));
+  const root = el.lastElementChild;
+  const [name, time, chip, live] = [...root.children].slice(1);
   let baseMs = 0;
   let baseAt = 0;
   const tick = () => {
@@ -91,7 +89,7 @@ function render({ model, el }) {
     const [state, pending, rejected] = ["state", "pending_events", "rejected_events"].map((k) => model.get(k));
     const label = stateLabel(state, model.get("mode"), pending, rejected);
     root.dataset.state = state;
-    root.dataset.trouble = rejected > 0 ? "rejected" : pending > 0 && model.get("mode") != "outbox" ? "queued" : "";
+    root.dataset.trouble = troubleOf(model.get("mode"), pending, rejected);
     name.textContent = model.get("activity_name");
     chip.textContent = label;
     chip.title = model.get("last_error") || label;

@@ -8,6 +8,7 @@ import {
   formatElapsed,
   newPageId,
   stateLabel,
+  troubleOf,
 } from "../format.js";
 
 test("formatElapsed shows m:ss under an hour and h:mm:ss above", () => {
@@ -75,4 +76,13 @@ test("displayedElapsed ticks only while active", () => {
   assert.equal(displayedElapsed(5_000, 100, 1_600, "ended"), 5_000);
   // a clock read before the base (never expected) does not run time backwards
   assert.equal(displayedElapsed(5_000, 100, 50, "active"), 5_000);
+});
+
+test("troubleOf colours rejected, and queued unless outbox mode holds them on purpose", () => {
+  assert.equal(troubleOf("caliper", 0, 0), "");
+  assert.equal(troubleOf("caliper", 3, 0), "queued");
+  assert.equal(troubleOf("local", 1, 0), "queued");
+  assert.equal(troubleOf("outbox", 5, 0), "", "held for the operator: not trouble");
+  assert.equal(troubleOf("outbox", 5, 2), "rejected");
+  assert.equal(troubleOf("caliper", 0, 1), "rejected");
 });
