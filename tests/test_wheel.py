@@ -1,4 +1,4 @@
-"""The built wheel carries the widget JS and the installed package loads it from there."""
+"""The built wheel carries the widget JS and the demo files, and the installed package uses its own copies."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from timeback_nb.widget import TimebackWidget
 ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = """
-import json, timeback_nb, timeback_nb.widget as w
-print(json.dumps({"file": timeback_nb.__file__, "esm": w.TimebackWidget._esm}))
+import json, timeback_nb, timeback_nb.cli as cli, timeback_nb.widget as w
+print(json.dumps({"file": timeback_nb.__file__, "esm": w.TimebackWidget._esm, "demo": str(cli.demo_source())}))
 """
+DEMO = {"demo.ipynb", "lesson-linear-functions.ipynb", "timeback.config.json"}
 
 
-def test_wheel_ships_the_js_and_the_installed_widget_joins_it(tmp_path: Path) -> None:
+def test_wheel_ships_the_js_and_the_demo_and_the_installed_package_uses_its_own_copies(tmp_path: Path) -> None:
     dist, target = tmp_path / "dist", tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     # No build isolation and no index: tests do not reach the network (hatchling is installed).
@@ -34,6 +35,8 @@ def test_wheel_ships_the_js_and_the_installed_widget_joins_it(tmp_path: Path) ->
         for name in ("widget.js", "format.js"):
             assert f"timeback_nb/static/{name}" in names
             assert archive.read(f"timeback_nb/static/{name}") == (ROOT / "js" / name).read_bytes()
+        for name in DEMO:  # `timeback-nb demo` works from a wheel install, without a checkout
+            assert archive.read(f"timeback_nb/demo/{name}") == (ROOT / "notebooks" / name).read_bytes()
     assert not any(n.startswith("js/") for n in names)
 
     install = subprocess.run(
@@ -50,4 +53,5 @@ def test_wheel_ships_the_js_and_the_installed_widget_joins_it(tmp_path: Path) ->
     seen = json.loads(probe.stdout)
     assert Path(seen["file"]).is_relative_to(target), seen["file"]  # the wheel's copy, not the checkout
     assert seen["esm"] == TimebackWidget._esm
+    assert Path(seen["demo"]) == Path(seen["file"]).parent / "demo", "the demo comes from the wheel"
     assert "./format.js" not in seen["esm"] and seen["esm"].startswith((ROOT / "js" / "format.js").read_text("utf-8"))

@@ -386,8 +386,13 @@ def _flush(args: argparse.Namespace) -> int:
 # --- demo -------------------------------------------------------------------------------------
 
 
+def demo_source() -> Path | None:
+    """The folder the demo files are copied from: the wheel's copy, else the checkout's."""
+    return next((d for d in _DEMO_SOURCES if all((d / n).is_file() for n in DEMO_FILES)), None)
+
+
 def _demo(args: argparse.Namespace) -> int:
-    source = next((d for d in _DEMO_SOURCES if all((d / n).is_file() for n in DEMO_FILES)), None)
+    source = demo_source()
     if source is None:
         print(
             f"{PROG}: the demo notebooks are not in {' or '.join(map(str, _DEMO_SOURCES))}; "
