@@ -424,7 +424,8 @@ class Ledger:
         return "active" if visible else "hidden"
 
     def next_wake(self, now: int) -> int:
-        """When the heartbeat thread should look again (a page message also wakes it)."""
+        """When the heartbeat thread should look again (a page message that changes the state also
+        wakes it)."""
         wake = now + 1_000  # live properties tick at least once a second
         if self.abandoned_at is None and not self.finished:
             boundary = self._next_boundary()

@@ -1,6 +1,6 @@
-"""One heartbeat end to end, per event: the page's report that completes a window → the
-heartbeat thread closes it → the TimeSpentEvent is built → committed to the outbox (SQLite) →
-the sender leases it and POSTs it to a real HTTP server on 127.0.0.1 → the reply is in.
+"""One heartbeat end to end, per event: the page's report that completes a window closes it
+(on the reporting thread) → the TimeSpentEvent is built → committed to the outbox (SQLite) →
+the sender thread leases it and POSTs it to a real HTTP server on 127.0.0.1 → the reply is in.
 
 Baseline, same process, same server, same sizes: a bare SQLite insert (an autocommit INSERT in
 a WAL file with synchronous=NORMAL, the store's own durability) followed by an httpx POST of an
