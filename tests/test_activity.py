@@ -252,6 +252,7 @@ def test_malformed_page_messages_are_dropped_and_change_nothing(message) -> None
     assert activity.state == "hidden" and activity._ledger.pages_seen is False
 
 
+@pytest.mark.bad_input
 def test_lifecycle_errors_are_clear_and_leave_the_run_usable() -> None:
     clock = FakeClock()
     activity, sink = make(clock)

@@ -153,6 +153,7 @@ def test_check_without_a_config_says_where_it_looked(
     assert "TIMEBACK_CONFIG" in captured.err
 
 
+@pytest.mark.bad_input
 def test_check_fails_on_a_course_not_synced_for_the_env_in_use(
     env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -181,6 +182,7 @@ def test_check_fails_on_a_course_not_synced_for_the_env_in_use(
         ("TIMEBACK_NB_TRANSPORT", "carrier-pigeon", "TIMEBACK_NB_TRANSPORT: 'carrier-pigeon'"),
     ],
 )
+@pytest.mark.bad_input
 def test_check_names_a_bad_environment_variable(
     env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     variable: str, value: str, expected: str,
@@ -190,6 +192,7 @@ def test_check_names_a_bad_environment_variable(
     assert f"problem: {expected}" in capsys.readouterr().err
 
 
+@pytest.mark.bad_input
 def test_check_reports_a_broken_config_file_with_line_and_column(
     env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -274,6 +277,7 @@ def test_events_json_prints_each_envelope_exactly_as_stored(env: Path, capsys: p
         ([], "required: COMMAND"),
     ],
 )
+@pytest.mark.bad_input
 def test_bad_usage_exits_2_with_the_reason(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err

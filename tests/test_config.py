@@ -90,6 +90,7 @@ def test_settings_reads_every_variable(tmp_path: Path) -> None:
     assert s.store_path == tmp_path / "store.sqlite3" and s.config_path == tmp_path / "c.json"
 
 
+@pytest.mark.bad_input
 def test_settings_env_is_refused_naming_variable_and_values() -> None:
     with pytest.raises(ConfigError, match=r"TIMEBACK_ENV: 'prod' .*staging, production, local"):
         Settings.from_env({"TIMEBACK_ENV": "prod"})
@@ -106,6 +107,7 @@ def test_settings_env_is_refused_naming_variable_and_values() -> None:
         ({"TIMEBACK_USER_EMAIL": "student"}, r"^TIMEBACK_USER_EMAIL: expected an email"),
     ],
 )
+@pytest.mark.bad_input
 def test_settings_transport_and_credentials_rules(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message) as caught:
         Settings.from_env(environ)
@@ -147,12 +149,14 @@ def test_endpoints_allowed(url: str) -> None:
         ("http://[::1/x", "absolute http"),
     ],
 )
+@pytest.mark.bad_input
 def test_endpoints_refused_naming_the_variable(variable: str, url: str, why: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{variable}: .*{why}") as caught:
         Settings.from_env({variable: url})
     assert caught.value.field == variable
 
 
+@pytest.mark.bad_input
 def test_credentials_in_an_endpoint_url_are_refused_and_not_echoed() -> None:
     url = f"https://client-1:{SECRET}@caliper.example.org/caliper/event"
     with pytest.raises(ConfigError, match=r"^TIMEBACK_CALIPER_URL: credentials do not belong") as caught:
@@ -199,6 +203,7 @@ def test_find_config_precedence(tmp_path: Path) -> None:
     assert find_config(cwd=nested, environ={}) == closer
 
 
+@pytest.mark.bad_input
 def test_find_config_none_and_missing_paths(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -214,6 +219,7 @@ def test_find_config_none_and_missing_paths(tmp_path: Path) -> None:
 # --- load_config --------------------------------------------------------------------------------
 
 
+@pytest.mark.bad_input
 def test_json_error_names_file_line_and_column(tmp_path: Path) -> None:
     path = write(tmp_path, '{\n  "name": "x",\n  "courses": [\n    {"subject": "Math", "grade": 8,}\n  ]\n}\n')
     with pytest.raises(ConfigError) as caught:
@@ -236,6 +242,7 @@ def test_json_error_names_file_line_and_column(tmp_path: Path) -> None:
         ({"sensor": "https://x.org", "courses": [{"courseCode": "A", "overrides": {"staging": 1}}]}, "courses[0].overrides.staging"),
     ],
 )
+@pytest.mark.bad_input
 def test_wrong_types_name_the_json_path(tmp_path: Path, config: Any, where: str) -> None:
     with pytest.raises(ConfigError, match=rf": {re.escape(where)}: expected"):
         load(tmp_path, config)
@@ -256,17 +263,20 @@ def test_wrong_types_name_the_json_path(tmp_path: Path, config: Any, where: str)
         ),
     ],
 )
+@pytest.mark.bad_input
 def test_sensors_must_be_absolute_urls(tmp_path: Path, config: dict[str, Any], where: str) -> None:
     with pytest.raises(ConfigError, match=rf": {re.escape(where)}: .* is not an absolute URL") as caught:
         load(tmp_path, config)
     assert caught.value.field == where
 
 
+@pytest.mark.bad_input
 def test_sensor_with_surrounding_whitespace_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"courses\[0\]\.sensor: remove the surrounding whitespace"):
         load(tmp_path, {"courses": [{"courseCode": "A", "sensor": "https://x.org "}]})
 
 
+@pytest.mark.bad_input
 def test_startup_validation_names_the_course(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"courses\[0\] \(Math\): needs a \"grade\" or a \"courseCode\""):
         load(tmp_path, {"sensor": "https://x.org", "courses": [{"subject": "Math"}]})
@@ -280,6 +290,7 @@ def test_startup_validation_names_the_course(tmp_path: Path) -> None:
         load(tmp_path, {"courses": [{"subject": "Math", "grade": 3}]})
 
 
+@pytest.mark.bad_input
 def test_snake_case_is_ignored_at_top_and_course_level(tmp_path: Path) -> None:
     # course_code alone is not read, so the course has no identity: start-up fails as in Timeback.
     with pytest.raises(ConfigError, match=r"needs a \"grade\" or a \"courseCode\" \(snake_case"):
@@ -293,6 +304,7 @@ def test_snake_case_is_ignored_at_top_and_course_level(tmp_path: Path) -> None:
     assert config.resolve({"code": "A"}, "staging").sensor == "https://x.org"
 
 
+@pytest.mark.bad_input
 def test_empty_config_has_no_courses(tmp_path: Path) -> None:
     config = load(tmp_path, {})
     assert config.courses == () and config.name == "Timeback App"
@@ -344,6 +356,7 @@ def test_sensor_precedence(tmp_path: Path, top: dict, course: dict, staging_over
     assert config.resolve({"code": "A"}, "staging").sensor == expected
 
 
+@pytest.mark.bad_input
 def test_unparsable_course_launch_url_gives_no_sensor(tmp_path: Path) -> None:
     # It has no origin, and it shadows the top-level launch URL (§6.6 takes the course's first).
     with pytest.raises(ConfigError, match="has no sensor for staging"):
@@ -431,6 +444,7 @@ def test_resolve_the_reference_config(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.bad_input
 def test_missing_synced_id_gives_the_fix(tmp_path: Path) -> None:
     path = write(tmp_path, reference_config())
     config = load_config(path)
@@ -447,6 +461,7 @@ def test_missing_synced_id_gives_the_fix(tmp_path: Path) -> None:
     assert "TIMEBACK_ENV" not in str(caught.value)
 
 
+@pytest.mark.bad_input
 def test_unknown_course_lists_the_configured_ones(tmp_path: Path) -> None:
     config = load(tmp_path, reference_config())
     with pytest.raises(ConfigError) as caught:
@@ -461,12 +476,14 @@ def test_unknown_course_lists_the_configured_ones(tmp_path: Path) -> None:
         config.resolve({"subject": "math", "grade": 8}, "staging")
 
 
+@pytest.mark.bad_input
 def test_string_grade_never_matches_and_says_why(tmp_path: Path) -> None:
     config = load(tmp_path, {"sensor": "https://x.org", "courses": [{"subject": "Math", "grade": "8", "ids": {"staging": "s"}}]})
     with pytest.raises(ConfigError, match=r"courses\[0\]\.grade is a string"):
         config.resolve({"subject": "Math", "grade": 8}, "staging")
 
 
+@pytest.mark.bad_input
 def test_none_selector_needs_exactly_one_course(tmp_path: Path) -> None:
     config = load(tmp_path, reference_config())
     with pytest.raises(ConfigError, match=r"^course: required because .* has 2 courses") as caught:
@@ -480,6 +497,7 @@ def test_none_selector_needs_exactly_one_course(tmp_path: Path) -> None:
     assert lang.resolve(None, "staging").selector == {"code": "L3"}
 
 
+@pytest.mark.bad_input
 def test_ambiguous_selector_is_refused() -> None:
     # Load-time checks make this unreachable from a file; the resolver still refuses it.
     from timeback_nb.config import CourseConfig
@@ -492,6 +510,7 @@ def test_ambiguous_selector_is_refused() -> None:
         config.resolve({"subject": "Math", "grade": 8}, "staging")
 
 
+@pytest.mark.bad_input
 def test_config_subject_must_be_a_caliper_subject(tmp_path: Path) -> None:
     config = load(tmp_path, {"sensor": "https://x.org", "courses": [{"subject": "Maths", "courseCode": "M", "ids": {"staging": "s"}}]})
     with pytest.raises(ConfigError, match=r"courses\[0\]\.subject: 'Maths' .*FastMath") as caught:
@@ -508,12 +527,14 @@ def test_course_name_fallbacks(tmp_path: Path) -> None:
     assert config.resolve(None, "staging").course_name == "Reading G0"
 
 
+@pytest.mark.bad_input
 def test_resolve_env_is_checked(tmp_path: Path) -> None:
     config = load(tmp_path, reference_config())
     with pytest.raises(ConfigError, match=r"^env: 'dev' .*staging, production, local"):
         config.resolve({"code": "DS-101"}, "dev")
 
 
+@pytest.mark.bad_input
 def test_load_for_one_env_checks_sensors_for_that_env_only(tmp_path: Path) -> None:
     staging_only = {"courses": [{"courseCode": "A", "ids": {"staging": "s"}, "overrides": {"staging": {"sensor": "https://stg.org"}}}]}
     assert load(tmp_path, staging_only, env="local").resolve(None, "staging").sensor == "https://stg.org"

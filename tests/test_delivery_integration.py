@@ -406,6 +406,7 @@ def test_the_lookup_reuses_a_given_transport_and_its_token(roster: LoopbackServe
 
 
 @pytest.mark.parametrize(("email", "what"), [("nobody@example.edu", "no OneRoster user"), ("twin@example.edu", "several")])
+@pytest.mark.bad_input
 def test_no_match_or_several_name_timeback_user_id(roster: LoopbackServer, tmp_path: Path, email: str, what: str) -> None:
     settings = settings_for(roster, tmp_path)
     with Store(settings.store_path) as store:
@@ -424,6 +425,7 @@ def test_a_failed_lookup_says_how_to_skip_it_and_shows_no_secret(roster: Loopbac
     assert CLIENT_SECRET not in str(info.value)
 
 
+@pytest.mark.bad_input
 def test_caliper_without_an_email_is_a_config_error(roster: LoopbackServer, tmp_path: Path) -> None:
     settings = settings_for(roster, tmp_path)
     with Store(settings.store_path) as store, pytest.raises(ConfigError, match="^TIMEBACK_USER_EMAIL: "):

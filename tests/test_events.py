@@ -208,6 +208,7 @@ def test_activity_url(sensor: str, selector: dict[str, Any], slug: str, expected
 
 
 @pytest.mark.parametrize("sensor", ["not a url", "notebooks.example.org", "/relative/path", "https://"])
+@pytest.mark.bad_input
 def test_activity_url_refuses_a_sensor_without_scheme_and_host(sensor: str) -> None:
     with pytest.raises(ConfigError, match=r"^sensor: .*absolute URL"):
         activity_url(sensor, MATH8, "x")
@@ -315,6 +316,7 @@ def test_completion_id_follows_run_and_exact_ended_at() -> None:
 
 
 @pytest.mark.parametrize("attempt", [0, -1, True, 1.0, "1", None])
+@pytest.mark.bad_input
 def test_attempt_must_be_a_positive_integer(attempt: Any) -> None:
     with pytest.raises(ValidationError, match=r"^attempt: .*≥ 1"):
         completion_envelope(_completion({"xpEarned": 1}), TARGET, attempt=attempt, send_time=SEND_TIME)

@@ -79,6 +79,7 @@ def test_start_leaves_options_not_given_to_the_api_defaults() -> None:
         ("", "required: COMMAND"),
     ],
 )
+@pytest.mark.bad_input
 def test_a_line_argparse_refuses_is_one_usage_error_naming_the_option(line: str, expected: str) -> None:
     with pytest.raises(UsageError, match="^%timeback") as caught:
         parse_line(line)
@@ -284,6 +285,7 @@ def test_a_whole_run_through_the_magic(
         ("%timeback start other --name Other --code DS-101", "already running"),
     ],
 )
+@pytest.mark.bad_input
 def test_a_refused_command_is_one_line_on_stderr_and_the_activity_runs_on(
     local: Path, shell: InteractiveShell, capsys: pytest.CaptureFixture[str], line: str, field: str
 ) -> None:

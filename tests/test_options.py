@@ -24,6 +24,7 @@ def test_precedence_argument_then_env_then_ipython_config() -> None:
     assert values["heartbeat_interval"] == 5 and values["abandon_after"] == 60
 
 
+@pytest.mark.bad_input
 def test_a_bad_environment_value_names_the_variable() -> None:
     with pytest.raises(ValidationError, match="TIMEBACK_NB_HEARTBEAT_INTERVAL"):
         resolve_options({}, environ={"TIMEBACK_NB_HEARTBEAT_INTERVAL": "soon"})

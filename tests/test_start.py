@@ -54,6 +54,7 @@ def test_start_tracks_ends_and_delivers_into_the_local_store(local: Path) -> Non
     assert math.isclose(active * 1000, activity.elapsed_ms, abs_tol=1)
 
 
+@pytest.mark.bad_input
 def test_one_running_activity_per_kernel(local: Path) -> None:
     first = timeback_nb.start("week-3", "Week 3", MATH8, display=False)
     with pytest.raises(StateError, match="'week-3'.*already running"):
@@ -111,6 +112,7 @@ BAD_START = [
 
 
 @pytest.mark.parametrize(("change", "field"), BAD_START, ids=[f"{f}-{i}" for i, (_, f) in enumerate(BAD_START)])
+@pytest.mark.bad_input
 def test_bad_start_arguments_are_refused_naming_the_field(local: Path, change: dict, field: str) -> None:
     arguments = {"id": "week-3", "name": "Week 3", "course": MATH8, "display": False, **change}
     with pytest.raises(TimebackError) as error:
@@ -139,6 +141,7 @@ BAD_METRICS = [
 
 
 @pytest.mark.parametrize(("metrics", "field"), BAD_METRICS, ids=[f"{f}-{i}" for i, (_, f) in enumerate(BAD_METRICS)])
+@pytest.mark.bad_input
 def test_bad_metrics_are_refused_and_the_activity_keeps_running(local: Path, metrics, field: str) -> None:
     activity = timeback_nb.start("week-3", "Week 3", MATH8, display=False)
     with pytest.raises(ValidationError) as error:
@@ -148,6 +151,7 @@ def test_bad_metrics_are_refused_and_the_activity_keeps_running(local: Path, met
     activity.end({"xpEarned": 2})
 
 
+@pytest.mark.bad_input
 def test_a_course_not_synced_for_the_env_is_refused_with_the_fix(local: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIMEBACK_ENV", "production")
     with pytest.raises(ConfigError, match=r'"ids": \{"production"'):
@@ -176,6 +180,7 @@ def test_record_sends_a_completion_with_no_kernel_and_closes_the_stateful_run(lo
     [({"ended_at": "2025-01-15 10:20"}, "ended_at"), ({"ended_at": "2025-01-15T10:20:00"}, "ended_at"),
      ({"metrics": {"xpEarned": -3}}, "xpEarned"), ({"course": {"grade": 8}}, "course"), ({"run_id": "x"}, "run_id")],
 )
+@pytest.mark.bad_input
 def test_bad_record_arguments_send_nothing(local: Path, change: dict, field: str) -> None:
     arguments = {"id": "week-3", "name": "Week 3", "course": MATH8, "metrics": {"xpEarned": 1}, **change}
     with pytest.raises(ValidationError) as error:
@@ -219,6 +224,7 @@ def test_outbox_mode_keeps_events_queued_for_a_trusted_process_to_deliver(local:
     assert sent[0]["actor"]["id"].endswith("/users/u-123")
 
 
+@pytest.mark.bad_input
 def test_outbox_mode_needs_the_student_id_from_the_environment(local: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIMEBACK_NB_TRANSPORT", "outbox")
     with pytest.raises(ConfigError, match="TIMEBACK_USER_ID"):

@@ -58,6 +58,7 @@ def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None
         assert [e["event_id"] for e in s.events()] == ["e1"]
 
 
+@pytest.mark.bad_input
 def test_a_newer_schema_is_refused_naming_the_variable(tmp_path: Path) -> None:
     path = tmp_path / "tb.sqlite3"
     Store(path).close()
@@ -68,6 +69,7 @@ def test_a_newer_schema_is_refused_naming_the_variable(tmp_path: Path) -> None:
         Store(path)
 
 
+@pytest.mark.bad_input
 def test_an_unusable_path_is_a_config_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

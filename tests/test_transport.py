@@ -110,6 +110,7 @@ def test_error_message_follows_the_sdk(status: int, body: object, expected: str)
 # -- configuration ------------------------------------------------------------------------------
 
 
+@pytest.mark.bad_input
 def test_a_plain_http_remote_endpoint_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="^TIMEBACK_CALIPER_URL: must use https"):
         CaliperTransport("http://caliper.example.org/caliper/event", "https://a.example/t", CLIENT_ID, CLIENT_SECRET)
@@ -117,12 +118,14 @@ def test_a_plain_http_remote_endpoint_is_a_config_error() -> None:
         CaliperTransport("https://caliper.example.org/caliper/event", "http://a.example/t", CLIENT_ID, CLIENT_SECRET)
 
 
+@pytest.mark.bad_input
 def test_credentials_in_an_endpoint_url_are_refused_without_echoing_them() -> None:
     with pytest.raises(ConfigError, match="^TIMEBACK_AUTH_URL: credentials do not belong") as info:
         CaliperTransport("https://c.example/e", "https://me:hunter2@a.example/t", CLIENT_ID, CLIENT_SECRET)
     assert "hunter2" not in str(info.value)
 
 
+@pytest.mark.bad_input
 def test_credentials_are_required() -> None:
     with pytest.raises(ConfigError, match="^TIMEBACK_CLIENT_ID: required"):
         CaliperTransport("https://c.example/e", "https://a.example/t", "", CLIENT_SECRET)

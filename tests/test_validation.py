@@ -101,6 +101,7 @@ BAD_INPUTS: list[tuple[str, Callable[[], Any], str, str]] = [
 
 
 @pytest.mark.parametrize("call, field, allowed", [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.bad_input
 def test_bad_input_is_refused_naming_the_field(call: Callable[[], Any], field: str, allowed: str) -> None:
     with pytest.raises(ValidationError) as caught:
         call()
