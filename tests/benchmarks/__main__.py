@@ -3,7 +3,8 @@
     python -m tests.benchmarks                 # everything (~6 min on 2 cores)
     python -m tests.benchmarks --quick         # fewer repetitions: a smoke run
     python -m tests.benchmarks --only drain --only heartbeat
-    python -m tests.benchmarks --markdown      # the table as markdown (docs/benchmarks.md, README)
+    python -m tests.benchmarks --markdown      # the table as markdown
+    python -m tests.benchmarks --write README.md --write docs/benchmarks.md   # and into those files
 
 Each benchmark runs in a fresh Python process of its own, so threads, caches and memory left
 behind by one never weigh on another's numbers. Exit status: 0 every bar met, 1 a bar missed,
@@ -103,8 +104,21 @@ def render(rows: list[Row], errors: dict[str, str], markdown: bool) -> str:
 
         lines = [aligned(HEADER), aligned(["-" * w for w in widths]), *map(aligned, table)]
         lines += [""] + [f"  * {note}" for note in notes]
-    lines += ["", f"Machine: {machine_facts()}"]
+    lines += ["", f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {machine_facts()}"]
     return "\n".join(lines)
+
+
+BEGIN_MARK = "<!-- benchmarks:begin (written by python -m tests.benchmarks --write) -->"
+END_MARK = "<!-- benchmarks:end -->"
+
+
+def write_table(path: Path, table: str) -> None:
+    """Replace what stands between the markers in `path` with `table` (markdown)."""
+    text = path.read_text("utf-8")
+    begin, end = text.find(BEGIN_MARK), text.find(END_MARK)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{path}: no '{BEGIN_MARK}' ... '{END_MARK}' block to write the table into")
+    path.write_text(f"{text[:begin + len(BEGIN_MARK)]}\n{table}\n{text[end:]}", "utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=BENCHMARKS, metavar="NAME",
                         help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument("--write", action="append", type=Path, default=[], metavar="FILE",
+                        help="also write the markdown table into FILE, between its benchmark markers "
+                        "(repeatable; a full run only, and not when a benchmark failed)")
     parser.add_argument("--child", choices=BENCHMARKS, help=argparse.SUPPRESS)  # one benchmark, rows as JSON
     args = parser.parse_args(argv)
 
@@ -123,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(dump_rows(module.run(args.quick)), flush=True)
         return 0
 
+    if args.write and (args.quick or args.only):
+        parser.error("--write publishes numbers: it needs a full run (no --quick, no --only)")
     selected = [name for name in BENCHMARKS if not args.only or name in args.only]
     rows: list[Row] = []
     errors: dict[str, str] = {}
@@ -137,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     print(render(rows, errors, args.markdown))
     if errors:
         return 2
+    for path in args.write:  # a missed bar is published as such; a failed benchmark is not
+        write_table(path, render(rows, errors, markdown=True))
+        print(f"[benchmarks] table written to {path}", file=sys.stderr)
     return 1 if any(row.verdict == "miss" for row in rows) else 0
 
 
