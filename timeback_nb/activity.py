@@ -1,9 +1,10 @@
 """The kernel-side Activity: live traits over the ledger, the heartbeat thread, the lifecycle.
 
 Page messages arrive on whichever thread handles the comm (the main shell or a subshell, while a
-cell runs) and close the windows they complete; the heartbeat thread closes the rest (held
-windows, pauses, abandonment, the end) and refreshes the traits; cells call pause/resume/end.
-One lock guards the ledger and the hand-off to the sink, so records leave in order, exactly once.
+cell runs) and close the windows they complete; the heartbeat thread closes the rest (a silent
+page declared gone, pauses, abandonment, the end) and refreshes the traits; cells call
+pause/resume/end. One lock guards the ledger and the hand-off to the sink, so records leave in
+order, exactly once.
 """
 
 from __future__ import annotations
