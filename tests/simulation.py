@@ -6,7 +6,9 @@ bursts, or not at all). Ground truth is computed from the former only.
 
 Model assumptions, stated so the tests say what "exact" means:
 - a page's prompt reports arrive with no delay, and its first report is prompt (it opens while
-  the kernel is idle or delivering live), so its clock maps onto kernel time exactly;
+  the kernel is idle or delivering live), so its clock maps onto kernel time exactly; a page
+  opened behind a busy cell is placed by its next ping instead (exact when that one is prompt,
+  else within a ping interval), which `tests/test_ledger.py` checks on its own;
 - transitions and byes are never lost; a ping may be lost, but never two in a row (a page that is
   silent for longer than that *is* gone: its active time ends at its last report);
 - a page that vanishes without a bye is gone from its last report (design §3).

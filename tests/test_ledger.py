@@ -126,3 +126,30 @@ def test_closed_time_is_forgotten_so_a_long_run_keeps_a_small_history() -> None:
     assert ledger.closed_active_ms == 1_800_000
     [presence] = ledger._pages["a"]
     assert len(presence.changes) <= 2
+
+
+def test_a_page_whose_first_reports_wait_behind_a_busy_cell_is_placed_by_its_first_prompt_one() -> None:
+    # Run All: the page opens at 200 ms, a 40 s cell starts at 300 ms (comms not on a subshell).
+    # The first report's delay (40 s) is no measure of the page's clock; the windows wait for a
+    # report that arrives while the kernel is settled, then close from page time.
+    ledger = Ledger(start=0, interval_ms=15_000, settle_ms=1_000)
+    tab = Tab(ledger, "a")
+    ledger.cell_started(100)  # start() itself
+    ledger.cell_finished(150)
+    ledger.cell_started(300)
+    ledger.cell_finished(40_300)
+    closed = []
+    queued = [(200, "transition")] + [(450 + 2_000 * i, "ping") for i in range(20)]
+    for i, (sent, kind) in enumerate(queued):  # the burst, each report handled on its own
+        tab.send(kind, True, sent, arrival=40_310 + i)
+        closed += ledger.advance(40_310 + i)
+    tab.send("ping", True, 41_000)  # still settling: not yet a measure either
+    closed += ledger.advance(41_500)
+    assert closed == []
+    for sent in range(42_000, 60_100, 2_000):
+        tab.send("ping", True, sent)
+        closed += ledger.advance(sent)
+    assert [(w.start, w.end, w.active_ms) for w in closed] == [
+        (0, 15_000, 14_800), (15_000, 30_000, 15_000), (30_000, 45_000, 15_000), (45_000, 60_000, 15_000)
+    ]
+

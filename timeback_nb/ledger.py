@@ -6,14 +6,18 @@ Vocabulary (all instants are integer kernel-monotonic milliseconds):
   ``performance.now()`` timestamps, periodic *pings* and a *bye* when it goes away. Page time is
   mapped onto kernel time with the smallest delay ever observed for that page (its reports can only
   arrive late, never early), so a report that waited behind a busy cell still lands at the
-  instant it describes.
+  instant it describes. A page whose first report waited behind a cell (opened during Run All)
+  is not accounted past the instant it could have appeared until its next ping is in: if that
+  one came promptly, the page's time is placed exactly; else (cells still running, comms not on
+  a subshell) within the delay of its freshest report, at most a ping interval.
 - *Active* means: running, not paused, and at least one present page visible (a union over tabs).
 - *Knowledge*: the instant up to which every page's state is known. A visible page is known up to
   its latest report (a page that crashes is gone from its last report, so nothing past it may be
   assumed); a hidden page is known up to the instant the channel is confirmed, since any change
-  would have been sent at once. The channel is confirmed up to "now" while the kernel has been idle
-  for ``settle_ms`` (IPython's ``post_run_cell`` fires before the messages queued during the cell
-  are handled) or while page messages arrive during the running cell (comms on a subshell).
+  would have been sent at once. The channel is confirmed up to "now" (it is *prompt*) while the
+  kernel has been idle for ``settle_ms`` (IPython's ``post_run_cell`` fires before the messages
+  queued during the cell are handled) or while page messages arrive during the running cell
+  (comms on a subshell).
 - A *window* closes on the heartbeat grid of its segment (every ``interval_ms``), at a pause and
   at the end, but only once knowledge has reached its end: until then it is *held*, and closed
   retroactively, on the same grid, when the reports arrive. Nothing is guessed.
@@ -85,6 +89,15 @@ class _Presence:
     last_arrival: int  # kernel ms at which the latest report arrived
     last_seq: int
     gone_t: float | None = None  # page ms from which the page is gone
+    # A report of it arrived while the channel was prompt (kernel idle and settled, or comms
+    # live during a cell), so `offset` is its real delay. Until then the offset may include
+    # the wait behind a busy cell (the first report of a page opened during Run All) and would
+    # map the page's time too late, so nothing after `floor` (kernel ms; every report sent
+    # before it had arrived: the page was not there yet) is accounted until `trust_at`, by
+    # which its next ping has come (if the kernel is idle, promptly) and lowered the offset.
+    prompt: bool = True
+    floor: int = 0
+    trust_at: int = 0
 
     def at(self, page_t: float) -> int:
         return round(page_t + self.offset)
@@ -184,16 +197,21 @@ class Ledger:
         current = presences[-1] if presences else None
         if current is not None and report.seq <= current.last_seq:
             return False
+        prompt = self._live_in_cell or self._settled(arrival)
         self.pages_seen = True
         if current is None or current.gone_t is not None:
             # New, or back after a bye or after being declared gone: a fresh presence. Its
             # reports cannot reach back before what has already been accounted.
             offset = arrival - report.t
             t = max(report.t, self.closed_until - offset)
-            presences.append(_Presence(offset, [(t, report.visible)], t, arrival, report.seq))
+            presences.append(
+                _Presence(offset, [(t, report.visible)], t, arrival, report.seq, prompt=prompt,
+                          floor=self._confirmed(arrival), trust_at=arrival + self.ping_ms + self.settle_ms)
+            )
             current = presences[-1]
         else:
             current.offset = min(current.offset, arrival - report.t)
+            current.prompt = current.prompt or prompt
             t = max(report.t, current.last_t)
             if report.visible != current.changes[-1][1]:
                 current.changes.append((t, report.visible))
@@ -292,6 +310,8 @@ class Ledger:
         for presence in self._present():
             horizon = presence.at(presence.last_t)
             known = min(known, horizon if presence.visible_now else max(horizon, confirmed))
+            if not presence.prompt and now < presence.trust_at:
+                known = min(known, presence.floor)  # where its time lies is not known yet
         if not self.pages_seen and self.end_at is not None:
             return now  # ended with no page ever: nothing to wait for (a headless run)
         if not self.pages_seen or not self._present():
