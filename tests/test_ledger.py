@@ -153,3 +153,26 @@ def test_a_page_whose_first_reports_wait_behind_a_busy_cell_is_placed_by_its_fir
         (0, 15_000, 14_800), (15_000, 30_000, 15_000), (30_000, 45_000, 15_000), (45_000, 60_000, 15_000)
     ]
 
+
+
+def test_without_a_prompt_report_such_a_page_is_placed_within_a_ping_interval() -> None:
+    # The same, but Run All goes on: the next cell starts at once, so no report is prompt. After
+    # ping + settle ms the page is placed by its freshest report's delay (here 1,880 ms).
+    ledger = Ledger(start=0, interval_ms=15_000, settle_ms=1_000)
+    tab = Tab(ledger, "a")
+    ledger.cell_started(300)
+    ledger.cell_finished(40_300)
+    queued = [(200, "transition")] + [(450 + 2_000 * i, "ping") for i in range(20)]
+    for i, (sent, kind) in enumerate(queued):
+        tab.send(kind, True, sent, arrival=40_310 + i)
+    ledger.cell_started(40_340)  # the next cell, queued behind those reports
+    assert ledger.advance(43_000) == [], "held for ping + settle ms"
+    windows = ledger.advance(43_400)  # then closed from the freshest report's delay
+    assert [(w.start, w.end, w.active_ms) for w in windows] == [(0, 15_000, 12_920), (15_000, 30_000, 15_000)]
+    for sent in range(40_450, 60_000, 2_000):  # queued behind the cell that runs on to 70 s
+        tab.send("ping", True, sent, arrival=70_000)
+    ledger.cell_finished(70_000)
+    tab.send("ping", True, 71_100)
+    windows += ledger.advance(71_100)
+    active = sum(w.active_ms for w in windows if w.end <= 60_000)
+    assert active == 60_000 - 200 - 1_880, "short by that delay, less than a ping interval"
