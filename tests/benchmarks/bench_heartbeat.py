@@ -230,12 +230,20 @@ def run(quick: bool) -> list[Row]:
     def p90(values: list[float]) -> float:
         return statistics.quantiles(values, n=10)[-1]
 
-    ratios = ", ".join(f"{p / b:.2f}" for p, b in zip(medians["pipeline"], medians["bare"]))
+    # Judged per process: each pipeline block alternates with a baseline block in the same
+    # process, so the pair shares its core placement and cache state. Processes differ by up to
+    # ~40 % in absolute speed on this 2-core VM, so one process's pipeline median divided by
+    # another's baseline median (the unpaired ratio of the second row) measures that as well.
+    ratios = [p / b for p, b in zip(medians["pipeline"], medians["bare"])]
+    unpaired = median(medians["pipeline"]) / median(medians["bare"])
     return [
-        Row(NAME, "per-event latency, ms (median of each run)", medians["pipeline"], Bar("ratio_at_most", 1.5),
-            "≤ 1.5× baseline", baseline=median(medians["bare"]),
+        Row(NAME, "per-event latency ÷ the same process's baseline", ratios, Bar("at_most", 1.5),
+            "≤ 1.5× baseline", baseline_text="bare SQLite insert + httpx POST, blocks alternating",
+            notes=[f"{runs} fresh processes × {blocks * per_block} events each (and as many baseline events)"]),
+        Row(NAME, "per-event latency, ms (median of each run)", medians["pipeline"], Bar("report"),
+            "(reported)", baseline=median(medians["bare"]),
             baseline_text="bare SQLite insert + httpx POST", digits=3,
-            notes=[f"{runs} fresh processes × {blocks * per_block} events each; ratio per process: {ratios}; "
+            notes=[f"unpaired: median pipeline ÷ median baseline over the processes = {unpaired:.2f}×; "
                    f"p90 over all: pipeline {p90(pooled['pipeline']):.3f} ms, baseline {p90(pooled['bare']):.3f} ms; "
                    f"baseline runs {min(medians['bare']):.3f}–{max(medians['bare']):.3f} ms"]),
     ]
