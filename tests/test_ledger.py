@@ -154,7 +154,6 @@ def test_a_page_whose_first_reports_wait_behind_a_busy_cell_is_placed_by_its_fir
     ]
 
 
-
 def test_without_a_prompt_report_such_a_page_is_placed_within_a_ping_interval() -> None:
     # The same, but Run All goes on: the next cell starts at once, so no report is prompt. After
     # ping + settle ms the page is placed by its freshest report's delay (here 1,880 ms).
