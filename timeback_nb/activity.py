@@ -205,11 +205,11 @@ class Activity(HasTraits):
             # Close here what this report completes: the page pings just after each boundary,
             # so this is the heartbeat, without a hop to the heartbeat thread.
             self._close_windows(now)
+            reply = self._snapshot(now)
             # The heartbeat thread ticks each second anyway; wake it only when it has something
             # to do now (a changed state to show, a completion to hand on). Waking it for every
             # ping would make it compete with the sender for the GIL while an event goes out.
-            wake = self._completion_due or self._ledger.state(now) != self.state
-            reply = self._snapshot(now)
+            wake = self._completion_due or reply["state"] != self.state
             boundary = self._ledger.ms_to_boundary(now)
             ping_ms = self._ledger.ping_ms
             if report.visible and boundary is not None and boundary + 40 < ping_ms:
