@@ -2,7 +2,9 @@
 endpoint and OneRoster users endpoint, with faults a test can script.
 
 It behaves like a receiver that drops replays: every request is kept in `received` (so a
-test sees resends), but each event id is stored once (`stored_ids`, in arrival order).
+test sees resends), but each event id is stored once (`stored_ids`, in arrival order). An
+envelope may carry several events (`Envelope.data` is an array); like a validating endpoint,
+it refuses a whole envelope with 400 when any event in it is one the test `refuse`d.
 
     with LoopbackServer() as server:
         server.script(Fault.status(503), Fault.drop_after_store())
@@ -65,7 +67,8 @@ class Fault:
 
 @dataclass
 class Received:
-    event_id: str | None
+    event_id: str | None  # the envelope's first event
+    event_ids: list[str]  # all of them, in order
     request_id: str | None
     body: bytes
     headers: dict[str, str]
@@ -99,6 +102,7 @@ class LoopbackServer:
         self.tokens: set[str] = set()
         self.issued: list[str] = []
         self.concurrent_duplicates: list[str] = []
+        self.refused: set[str] = set()  # envelopes with one of these event ids get a 400
         self._in_flight: Counter[str] = Counter()
         self._faults: deque[Fault] = deque()
         self._token_faults: deque[Fault] = deque()
@@ -165,9 +169,15 @@ class LoopbackServer:
             self._outage_until = time.monotonic() + seconds
             self._outage_status = status
 
-    def received_ids(self) -> list[str]:
+    def refuse(self, *event_ids: str) -> None:
+        """Answer 400 to every envelope that carries one of these events."""
         with self.lock:
-            return [r.event_id for r in self.received if r.event_id is not None]
+            self.refused.update(event_ids)
+
+    def received_ids(self) -> list[str]:
+        """Every event id of every request, in arrival order (a resend shows twice)."""
+        with self.lock:
+            return [event_id for r in self.received for event_id in r.event_ids]
 
     # -- request handling (on the server's threads) --------------------------------------------
 
@@ -204,13 +214,16 @@ class LoopbackServer:
 
     def _event(self, handler: _Handler, body: bytes) -> None:
         try:
-            event_id = json.loads(body)["data"][0]["id"]
+            event_ids = [event["id"] for event in json.loads(body)["data"]]
+            if not event_ids or not all(isinstance(e, str) for e in event_ids):
+                raise TypeError
         except (ValueError, KeyError, IndexError, TypeError):
-            event_id = None
+            event_ids = []
         with self.lock:
             self.received.append(
                 Received(
-                    event_id,
+                    event_ids[0] if event_ids else None,
+                    event_ids,
                     handler.headers.get("X-Request-ID"),
                     body,
                     dict(handler.headers),
@@ -218,9 +231,9 @@ class LoopbackServer:
                     handler.client_address[:2],
                 )
             )
-            if event_id is not None and self._in_flight[event_id] > 0:
-                self.concurrent_duplicates.append(event_id)
-            if event_id is not None:
+            for event_id in event_ids:
+                if self._in_flight[event_id] > 0:
+                    self.concurrent_duplicates.append(event_id)
                 self._in_flight[event_id] += 1
             fault = self._faults.popleft() if self._faults else None
             if fault is None and time.monotonic() < self._outage_until:
@@ -229,6 +242,7 @@ class LoopbackServer:
                 self.tokens.clear()
             if fault is not None and fault.kind in ("pass", "revoke_token"):
                 fault = None
+            refused = [e for e in event_ids if e in self.refused]
         try:
             if self.delay:
                 self._stopping.wait(self.delay)
@@ -236,11 +250,13 @@ class LoopbackServer:
                 return handler.reply(fault.status, fault.body, fault.headers)
             if not self._authorized(handler):
                 return handler.reply(401, json.dumps({"message": "invalid token"}))
-            if event_id is None:
+            if not event_ids:
                 return handler.reply(400, json.dumps({"message": "body is not a Caliper envelope"}))
+            if refused:
+                return handler.reply(400, json.dumps({"message": f"invalid event {refused[0]}"}))
             with self.lock:
-                duplicate = event_id in self.stored
-                if not duplicate:
+                new = [e for e in event_ids if e not in self.stored]
+                for event_id in new:
                     self.stored[event_id] = body
                     self.stored_ids.append(event_id)
             if fault is not None and fault.kind == "drop_after_store":
@@ -248,10 +264,10 @@ class LoopbackServer:
                 return None
             if fault is not None and fault.kind == "slow":
                 self._stopping.wait(fault.seconds)
-            handler.reply(200, json.dumps({"duplicate": True} if duplicate else {"jobId": secrets.token_hex(4)}))
+            handler.reply(200, json.dumps({"duplicate": True} if not new else {"jobId": secrets.token_hex(4)}))
         finally:
-            if event_id is not None:
-                with self.lock:
+            with self.lock:
+                for event_id in event_ids:
                     self._in_flight[event_id] -= 1
 
     def _users(self, handler: _Handler, query: dict[str, list[str]]) -> None:

@@ -9,6 +9,7 @@ event yields the same id and the receiver can drop the duplicate.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
@@ -28,7 +29,9 @@ __all__ = [
     "activity_url",
     "completion_envelope",
     "dumps",
+    "batch_key",
     "event_id",
+    "join_envelopes",
     "time_spent_envelope",
 ]
 
@@ -242,3 +245,45 @@ def dumps(envelope: Mapping[str, Any]) -> str:
 def event_id(envelope: Mapping[str, Any]) -> str:
     """The ``urn:uuid:`` id of the envelope's one event."""
     return envelope["data"][0]["id"]
+
+
+# The head of an envelope as `dumps` writes it (keys in `_envelope`'s order, compact): the
+# sensor, sendTime and dataVersion as JSON strings, then the data array, which ends the body.
+_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+_ENVELOPE_HEAD = re.compile(
+    rf'\{{"sensor":({_JSON_STRING}),"sendTime":({_JSON_STRING}),"dataVersion":({_JSON_STRING}),"data":\['
+)
+
+
+def _head(body: str) -> re.Match[str] | None:
+    match = _ENVELOPE_HEAD.match(body)
+    return match if match is not None and body.endswith("]}") else None
+
+
+def batch_key(body: str) -> str | None:
+    """What envelopes must share to travel as one (sensor and dataVersion), or None when
+    `body` is not an envelope as `dumps` writes it (it is then sent alone)."""
+    match = _head(body)
+    return None if match is None else f"{match.group(1)} {match.group(3)}"
+
+
+def join_envelopes(bodies: list[str]) -> str:
+    """One envelope carrying the events of `bodies`, in order (`Envelope.data` is an array).
+
+    The bodies must share a `batch_key`. The envelope's sendTime is the latest of theirs, so
+    the same rows always make the same bytes. Pure text splicing of what `dumps` wrote: each
+    event's bytes go out exactly as they were committed."""
+    heads: list[re.Match[str]] = []
+    for body in bodies:
+        head = _head(body)
+        if head is None:
+            raise ValueError("join_envelopes: every body must be an envelope as events.dumps writes it")
+        heads.append(head)
+    if not heads:
+        raise ValueError("join_envelopes: no envelope to join")
+    if len({(h.group(1), h.group(3)) for h in heads}) != 1:
+        raise ValueError("join_envelopes: the envelopes differ in sensor or dataVersion")
+    send_time = max((h.group(2) for h in heads), key=json.loads)
+    events_text = ",".join(body[h.end() : -2] for body, h in zip(bodies, heads))
+    sensor, version = heads[0].group(1), heads[0].group(3)
+    return f'{{"sensor":{sensor},"sendTime":{send_time},"dataVersion":{version},"data":[{events_text}]}}'

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import unknown_transport
+from .errors import invalid
 from .store import Row, Store
 from .transport import CaliperTransport, LocalTransport, Outcome, Transport
 
@@ -39,6 +40,7 @@ IDLE_POLL_S = 15.0  # look for rows other (maybe dead) kernels left behind this 
 BUSY_POLL_S = 1.0  # how often to look while other senders hold the queued rows
 MIN_WAIT_S = 0.02
 FLUSH_POLL_S = 0.05
+MAX_BATCH_SIZE = 1000  # events in one envelope; a request stays well under a megabyte
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,12 @@ class Backoff:
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         ceiling = min(self.cap, self.base * 2.0 ** max(attempt - 1, 0))
         return ceiling * rand()
+
+
+def _check_batch_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH_SIZE:
+        raise invalid("batch_size", f"expected an integer from 1 to {MAX_BATCH_SIZE}, got {value!r}")
+    return value
 
 
 def _default_owner() -> str:
@@ -74,6 +82,7 @@ class Sender:
         lease_seconds: float = 15.0,
         backoff: Backoff = Backoff(),
         batch: int = 100,
+        batch_size: int = 1,
         on_status: Callable[[Status], None] | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -82,7 +91,8 @@ class Sender:
         self.owner = owner or _default_owner()
         self.lease_seconds = lease_seconds
         self.backoff = backoff
-        self.batch = batch
+        self.batch = batch  # rows leased at a time
+        self.batch_size = _check_batch_size(batch_size)  # events per request (one envelope)
         self.on_status = on_status
         self.last_error: str | None = None
         self._error_passes = False  # last_error was a retry: the next delivery clears it
@@ -209,14 +219,14 @@ class Sender:
         if max(self._pause_until, self._hold_until) > now:
             self._report()  # woken while waiting out a retry: what was just queued still shows
             return False
-        rows = self.store.lease(self.owner, now, self.lease_seconds, self.batch)
+        rows = self.store.lease(self.owner, now, self.lease_seconds, max(self.batch, self.batch_size))
         if not rows:
             return False
         with self._held_lock:
             self._held = [r.seq for r in rows]
         try:
-            for row in rows:
-                if self._stop.is_set() or not self._deliver(row):
+            for chunk in self._chunks(rows):
+                if self._stop.is_set() or not self._deliver(chunk):
                     break
         finally:
             with self._held_lock:
@@ -226,21 +236,58 @@ class Sender:
             self._report()
         return True
 
-    def _deliver(self, row: Row) -> bool:
-        """Send one row and record the outcome; False when the sender must pause."""
+    def _chunks(self, rows: list[Row]) -> list[list[Row]]:
+        """The leased rows as requests: one row each, or with `batch_size` > 1 and a transport
+        that sends batches, up to `batch_size` rows that fit one envelope (same `batch_key`).
+        Rows keep their order within a chunk, and all rows of one run share a key (one course,
+        one sensor), so a run's events still go out in seq order."""
+        send_batch = getattr(self.transport, "send_batch", None)
+        if self.batch_size == 1 or send_batch is None:
+            return [[row] for row in rows]
+        key_of = self.transport.batch_key  # type: ignore[attr-defined]
+        chunks: list[list[Row]] = []
+        open_chunks: dict[str, list[Row]] = {}
+        for row in rows:
+            key = key_of(row.body)
+            if key is None:  # sent alone; nothing after it may overtake it
+                open_chunks.clear()
+            chunk = open_chunks.get(key) if key is not None else None
+            if chunk is None or len(chunk) >= self.batch_size:
+                chunk = [row]
+                chunks.append(chunk)
+                if key is not None:
+                    open_chunks[key] = chunk
+            else:
+                chunk.append(row)
+        return chunks
+
+    def _deliver(self, rows: list[Row]) -> bool:
+        """Send rows in one request and record the outcome; False when the sender must pause.
+        A rejected batch is split in halves until the rejected rows stand alone, so one bad
+        event never takes the others with it."""
         try:
-            outcome = self.transport.send(row.body, row.event_id)
-        except Exception as exc:  # a transport bug must not kill the sender or lose the row
-            log.exception("timeback sender: transport raised on %s", row.event_id)
+            if len(rows) == 1:
+                outcome = self.transport.send(rows[0].body, rows[0].event_id)
+            else:
+                outcome = self.transport.send_batch([(r.event_id, r.body) for r in rows])  # type: ignore[attr-defined]
+        except Exception as exc:  # a transport bug must not kill the sender or lose the rows
+            log.exception("timeback sender: transport raised on %s", rows[0].event_id)
             outcome = Outcome.retry(None, f"{type(exc).__name__}: {exc}")
+        if outcome.status == "rejected" and len(rows) > 1:
+            log.info("timeback: a batch of %d events was rejected (%s); splitting it", len(rows), outcome.reason)
+            half = len(rows) // 2
+            return self._deliver(rows[:half]) and self._deliver(rows[half:])
+        seqs = [r.seq for r in rows]
         with self._held_lock:
-            self._held.remove(row.seq)
+            for seq in seqs:
+                self._held.remove(seq)
         if outcome.status == "delivered":
-            self.store.mark_delivered(row.seq)
+            self.store.mark_delivered_many(seqs)
             if self._error_passes:
                 self._set_error(None, passes=False)
             return True
         if outcome.status == "rejected":
+            row = rows[0]
             log.warning("timeback event %s rejected: %s", row.event_id, outcome.reason)
             self.store.mark_rejected(row.seq, outcome.reason or "rejected")
             self._set_error(outcome.reason, passes=False)
@@ -250,11 +297,15 @@ class Sender:
             delay = outcome.after_s
             self._hold_until = now + delay
         else:
-            delay = self.backoff.delay(row.attempts + 1, self._rand)
+            delay = self.backoff.delay(rows[0].attempts + 1, self._rand)
             self._pause_until = now + delay
-        self.store.mark_retry(row.seq, outcome.reason or "retry", now + delay, owner=self.owner)
+        for row in rows:
+            self.store.mark_retry(row.seq, outcome.reason or "retry", now + delay, owner=self.owner)
         self._set_error(outcome.reason, passes=True)
-        log.info("timeback event %s not delivered (%s); next try in %.2f s", row.event_id, outcome.reason, delay)
+        log.info(
+            "timeback event %s%s not delivered (%s); next try in %.2f s",
+            rows[0].event_id, f" and {len(rows) - 1} more" if len(rows) > 1 else "", outcome.reason, delay,
+        )
         return False
 
     def _keep_leases(self) -> None:

@@ -348,6 +348,19 @@ class Store:
     def mark_delivered(self, seq: int) -> None:
         self._finish(seq, "delivered", None)
 
+    def mark_delivered_many(self, seqs: list[int]) -> None:
+        """`mark_delivered` for the rows of one batch, in one transaction."""
+        if len(seqs) == 1:
+            return self._finish(seqs[0], "delivered", None)
+        now = time.time()
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE outbox SET state = 'delivered', reason = NULL, attempts = attempts + 1, lease_owner = NULL,"
+                " lease_until = NULL, updated = ? WHERE seq = ? AND state = 'queued'",
+                [(now, seq) for seq in seqs],
+            )
+        return None
+
     def mark_rejected(self, seq: int, reason: str) -> None:
         self._finish(seq, "rejected", reason)
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
 
 import httpx
 
+from . import events
 from .config import check_endpoint
 from .errors import ConfigError, DeliveryError
 
@@ -288,6 +289,19 @@ class CaliperTransport:
             raise DeliveryError(f"GET {url}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
 
     # -- sending -------------------------------------------------------------------------------
+
+    def batch_key(self, body: str) -> str | None:
+        """Rows with the same key may share one envelope (`send_batch`)."""
+        return events.batch_key(body)
+
+    def send_batch(self, items: list[tuple[str, str]]) -> Outcome:
+        """POST the events of several envelopes (`(event_id, body)`, one `batch_key`) as one
+        envelope; the outcome is the whole batch's (the sender splits a rejected batch)."""
+        try:
+            body = events.join_envelopes([body for _, body in items])
+        except ValueError as exc:  # the sender groups by batch_key, so this is a bug
+            return Outcome.rejected(str(exc))
+        return self.send(body, items[0][0])
 
     def send(self, body: str, event_id: str) -> Outcome:
         if self._closed:
