@@ -12,11 +12,14 @@ export function formatElapsed(ms) {
 /**
  * One page report. `t` is the page's `performance.now()`: the kernel maps it onto its own
  * clock, so a report that arrives late (busy kernel) still counts at the right moment.
- * @param {string} pageId @param {number} seq @param {"transition"|"ping"|"bye"} kind
- * @param {boolean} visible @param {number} t
+ * @param {string} pageId @param {number} seq @param {"transition"|"ping"|"idle"|"bye"} kind
+ * `input`: the instant of the page's last input (with the idle rule only), so the kernel knows
+ * how far its time is settled: a stretch without input may still turn out idle.
+ * @param {boolean} visible @param {number} t @param {number} [input]
  */
-export function buildReport(pageId, seq, kind, visible, t) {
-  return { type: "report", page: pageId, seq, kind, visible: Boolean(visible), t };
+export function buildReport(pageId, seq, kind, visible, t, input) {
+  const report = { type: "report", page: pageId, seq, kind, visible: Boolean(visible), t };
+  return input === undefined ? report : { ...report, input };
 }
 
 /** A random id for this page (one per tab and per load). @returns {string} */
@@ -26,7 +29,7 @@ export function newPageId() {
   return `${Math.random().toString(16).slice(2)}-${Math.random().toString(16).slice(2)}`;
 }
 
-const STATES = ["active", "hidden", "paused", "abandoned", "ended"];
+const STATES = ["active", "idle", "hidden", "paused", "abandoned", "ended"];
 
 /**
  * Chip text, also spoken: the state, then delivery facts, e.g. "active · local · 3 queued".

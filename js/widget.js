@@ -1,54 +1,89 @@
-// timeback_nb's page side: initialize (per page) reports visibility; render (per view) shows time.
+// timeback_nb's page side: initialize (per page) reports whether the page shows the notebook;
+// render (per view) shows time and anchors the page on the view's notebook panel.
 import { buildReport, clampPingDelay, displayedElapsed, formatElapsed, newPageId, stateLabel, troubleOf } from "./format.js";
+import { panelOf, showsNotebook, Sight, watchPanel } from "./visibility.js";
 
 /** @typedef {{get(k: string): any, send(m: object): void, on(e: string, f: Function): void,
  *   off(e: string, f: Function): void}} Model */
+
+// Notebook panels of this model's views (kept while the model lives: see visibility.js), and
+// views not attached yet. anywidget imports the ESM once per model, from its own blob URL, so
+// module scope links a model's initialize to its views and to nothing else.
+const panels = new Map(); // panel -> undo of its watch
+const unplaced = new Set();
+let look = () => {};
 
 /** Here, not in render: a widget shown twice, or a page with no view (reload, second browser),
  * reports once per page. @param {{model: Model}} ctx */
 function initialize({ model }) {
   const page = newPageId();
+  const sight = new Sight(model.get("idle_after_ms"), performance.now());
   let seq = 0;
   let delay = clampPingDelay(undefined);
   let gone = false;
   let timer;
-  const report = (/** @type {"transition"|"ping"|"bye"} */ kind, visible = document.visibilityState === "visible") => {
+  let idleTimer;
+  const send = (kind, visible) => {
     try {
-      model.send(buildReport(page, ++seq, kind, visible, performance.now()));
+      // With the idle rule, the instant of the last input (and nothing else about it) goes too.
+      model.send(buildReport(page, ++seq, kind, visible, performance.now(), sight.idleMs ? sight.last : undefined));
     } catch {
       // comm closing: a silent page counts as gone
     }
   };
+  const act = (change) => {
+    if (change && !gone) send(...change);
+    clearTimeout(idleTimer);
+    if (sight.due < Infinity) idleTimer = setTimeout(look, sight.due - performance.now());
+  };
+  const shows = () => {
+    for (const el of unplaced) {
+      const panel = panelOf(el);
+      if (panel && unplaced.delete(el) && !panels.has(panel)) panels.set(panel, watchPanel(panel, () => look()));
+    }
+    return showsNotebook(document.visibilityState == "visible", [...panels.keys()]);
+  };
+  look = () => act(sight.see(shows(), performance.now()));
+  const say = () => { sight.see(shows(), performance.now()); act(["transition", sight.visible]); };
   // After pagehide (unload still fires visibilitychange) the page is silent until pageshow.
-  const onChange = () => gone || report("transition");
-  const onFreeze = () => gone || report("transition", false);
-  const onShow = () => { gone = false; report("transition"); };
-  const onHide = () => { report("bye", false); gone = true; };
+  const onFreeze = () => act(sight.see(false, performance.now()));
+  const onShow = () => { gone = false; say(); };
+  const onHide = () => { send("bye", false); gone = true; };
+  const onInput = () => act(sight.input(performance.now()));
   const onAck = (msg) => {
     if (msg && msg.type === "ack") delay = clampPingDelay(msg.nextPingMs);
   };
   const ping = () => {
-    if (!gone) report("ping");
+    look(); // also places views attached since
+    if (!gone) send("ping", sight.visible);
     timer = setTimeout(ping, delay);
   };
   const listeners = [
-    [document, "visibilitychange", onChange],
+    [document, "visibilitychange", () => look()],
     [document, "freeze", onFreeze],
-    [document, "resume", onChange],
+    [document, "resume", () => look()],
     [window, "pageshow", onShow],
     [window, "pagehide", onHide],
   ];
-  for (const [target, type, fn] of listeners) target.addEventListener(type, fn);
+  if (sight.idleMs) {
+    for (const type of ["keydown", "pointerdown", "pointermove", "wheel", "touchstart", "focus"]) listeners.push([window, type, onInput]);
+  }
+  const capture = { capture: true }; // focus does not bubble
+  for (const [target, type, fn] of listeners) target.addEventListener(type, fn, capture);
   model.on("msg:custom", onAck);
-  report("transition");
+  say();
   // A quick first ping: its reply moves the comm onto the kernel's comm subshell (ipykernel
   // routes a comm to the shell of its last reply): live reports during busy cells.
   timer = setTimeout(ping, 250);
   return () => {
-    report("bye", false);
+    send("bye", false);
     clearTimeout(timer);
-    for (const [target, type, fn] of listeners) target.removeEventListener(type, fn);
+    clearTimeout(idleTimer);
+    for (const [target, type, fn] of listeners) target.removeEventListener(type, fn, capture);
     model.off("msg:custom", onAck);
+    for (const unwatch of panels.values()) unwatch();
+    panels.clear();
+    look = () => {};
   };
 }
 
@@ -104,7 +139,10 @@ function render({ model, el }) {
   }
   onState();
   const interval = setInterval(tick, 250);
-  return () => clearInterval(interval);
+  // Anchor the page's visibility on this view's notebook panel, once Lab has attached the view.
+  unplaced.add(el);
+  const soon = setTimeout(() => look(), 100);
+  return () => { clearInterval(interval); clearTimeout(soon); unplaced.delete(el); };
 }
 
 export default { initialize, render };

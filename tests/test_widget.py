@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import shutil
@@ -82,20 +83,44 @@ def from_page(w: TimebackWidget, content: Any) -> None:
 # --- the ESM -----------------------------------------------------------------------------------
 
 
-def test_esm_is_format_js_then_widget_js_without_its_import() -> None:
-    format_js = (JS / "format.js").read_text("utf-8")
-    widget_js = (JS / "widget.js").read_text("utf-8")
+def _code_lines(source: str) -> list[str]:
+    """A JS file's lines without its whole-line comments and blank lines."""
+    return [line for line in widget_module._COMMENT_LINES.sub("", source).splitlines() if line.strip()]
+
+
+def test_esm_is_the_helpers_then_widget_js_without_its_imports_or_comment_lines() -> None:
     esm = TimebackWidget._esm
-    assert esm.startswith(format_js)
-    assert "./format.js" in widget_js and "./format.js" not in esm
-    kept = [line for line in widget_js.splitlines() if "./format.js" not in line]
-    assert esm.endswith("\n".join(kept) + "\n")
+    widget_js = (JS / "widget.js").read_text("utf-8")
+    expected = [
+        *_code_lines((JS / "format.js").read_text("utf-8")),
+        *_code_lines((JS / "visibility.js").read_text("utf-8")),
+        *[line for line in _code_lines(widget_js) if not line.startswith("import ")],
+    ]
+    assert [line for line in esm.splitlines() if line.strip()] == expected
+    assert "./format.js" in widget_js and "./visibility.js" in widget_js and "./" not in esm
     assert "export default { initialize, render };" in esm
+    # What is dropped is never inside a template literal (the CSS, the HTML): an even count of
+    # backticks before each dropped line.
+    for name in ("format.js", "visibility.js", "widget.js"):
+        source = (JS / name).read_text("utf-8")
+        for match in widget_module._COMMENT_LINES.finditer(source):
+            assert source[: match.start()].count("`") % 2 == 0, (name, match.group(0))
+
+
+def test_comment_lines_are_dropped_and_code_is_kept() -> None:
+    source = (
+        "// a line comment\n  /** a doc\n   * block */\nconst a = 1; // kept: after code\n"
+        "/** @type {any} */ (a);\nconst css = `x{}\n/* inside a template: still dropped */\n`;\n"
+    )
+    assert widget_module._COMMENT_LINES.sub("", source) == (
+        "const a = 1; // kept: after code\n/** @type {any} */ (a);\nconst css = `x{}\n`;\n"
+    )
 
 
 def test_esm_stays_within_the_design_budget() -> None:
-    assert len(TimebackWidget._esm.encode()) <= 8 * 1024
-    assert sum(len(p.read_bytes()) for p in (JS / "format.js", JS / "widget.js")) <= 8 * 1024
+    esm = TimebackWidget._esm.encode()
+    assert len(esm) <= 12 * 1024
+    assert len(gzip.compress(esm)) <= 4 * 1024
 
 
 def test_esm_loads_as_one_module_in_node(tmp_path: Path) -> None:
@@ -112,19 +137,28 @@ def test_load_esm_prefers_the_installed_static_copy(tmp_path: Path, monkeypatch:
     static, repo = tmp_path / "static", tmp_path / "js"
     for folder, tag in ((static, "static"), (repo, "repo")):
         folder.mkdir()
-        (folder / "format.js").write_text(f"export const where = '{tag}';\n")
-        (folder / "widget.js").write_text('import { where } from "./format.js";\nexport default { where };\n')
+        (folder / "format.js").write_text(f"// the {tag} copy\nexport const where = '{tag}';\n")
+        (folder / "visibility.js").write_text("export const shown = true;\n")
+        (folder / "widget.js").write_text(
+            'import { where } from "./format.js";\nimport { shown } from "./visibility.js";\nexport default { where, shown };\n'
+        )
     monkeypatch.setattr(widget_module, "_JS_DIRS", (static, repo))
-    assert widget_module._load_esm() == "export const where = 'static';\n\nexport default { where };\n"
+    assert widget_module._load_esm() == (
+        "export const where = 'static';\n\nexport const shown = true;\n\nexport default { where, shown };\n"
+    )
     shutil.rmtree(static)
     assert "'repo'" in widget_module._load_esm()
 
 
-def test_load_esm_refuses_a_widget_js_that_does_not_import_format_js(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_esm_refuses_missing_helper_imports_and_helpers_that_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "format.js").write_text("export const a = 1;\n")
-    (tmp_path / "widget.js").write_text("export default {};\n")
+    (tmp_path / "visibility.js").write_text('import { a } from "./format.js";\nexport const b = a;\n')
+    (tmp_path / "widget.js").write_text('import { a } from "./format.js";\nexport default {};\n')
     monkeypatch.setattr(widget_module, "_JS_DIRS", (tmp_path,))
-    with pytest.raises(ImportError, match="widget.js: expected one import from ./format.js, found 0"):
+    with pytest.raises(ImportError, match=r"widget.js: expected one import from each of format.js, visibility.js, found \['format.js'\]"):
+        widget_module._load_esm()
+    (tmp_path / "widget.js").write_text('import { a } from "./format.js";\nimport { b } from "./visibility.js";\nexport default {};\n')
+    with pytest.raises(ImportError, match="visibility.js: a helper module must not import anything"):
         widget_module._load_esm()
     monkeypatch.setattr(widget_module, "_JS_DIRS", (tmp_path / "missing",))
     with pytest.raises(FileNotFoundError, match="widget JS not found"):

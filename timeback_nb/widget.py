@@ -31,18 +31,33 @@ MAX_MESSAGE_BYTES = 1024
 
 # The wheel ships the JS as timeback_nb/static/ (pyproject force-include); a checkout has js/.
 _JS_DIRS = (Path(__file__).parent / "static", Path(__file__).parent.parent / "js")
-_FORMAT_IMPORT = re.compile(r"^import\s[^;]*?\sfrom\s+[\"']\./format\.js[\"'];?[ \t]*\n", re.M | re.S)
+# widget.js's imports of its sibling helper modules (pure, each tested on its own with node).
+_LOCAL_IMPORT = re.compile(r"^import\s[^;]*?\sfrom\s+[\"']\./([\w-]+\.js)[\"'];?[ \t]*\n", re.M | re.S)
+_HELPERS = ("format.js", "visibility.js")
+# Whole-line comments: `// ...` lines and `/* ... */` blocks that end their line.
+_COMMENT_LINES = re.compile(r"^[ \t]*(?://[^\n]*|/\*(?:(?!\*/).)*\*/[ \t]*)\n", re.M | re.S)
 
 
 def _load_esm() -> str:
-    """format.js + widget.js as one module (anywidget loads a single ESM string)."""
+    """The helper modules, then widget.js without its imports of them, as one module.
+
+    anywidget loads a single ESM string (from a blob URL, where relative imports cannot
+    resolve), so the files are joined here. Their whole-line comments are for readers of
+    js/, not for every page that loads the widget: they are left out (design §8 measures
+    what the page loads; `tests/benchmarks/bench_widget_js.py`).
+    """
     folder = next((d for d in _JS_DIRS if (d / "widget.js").is_file()), None)
     if folder is None:
         raise FileNotFoundError(f"timeback_nb widget JS not found in {' or '.join(map(str, _JS_DIRS))}")
-    widget_js, n = _FORMAT_IMPORT.subn("", (folder / "widget.js").read_text("utf-8"))
-    if n != 1:
-        raise ImportError(f"{folder / 'widget.js'}: expected one import from ./format.js, found {n}")
-    return (folder / "format.js").read_text("utf-8") + "\n" + widget_js
+    widget_js = (folder / "widget.js").read_text("utf-8")
+    imported = _LOCAL_IMPORT.findall(widget_js)
+    if sorted(imported) != sorted(_HELPERS):
+        raise ImportError(f"{folder / 'widget.js'}: expected one import from each of {', '.join(_HELPERS)}, found {imported}")
+    helpers = [(folder / name).read_text("utf-8") for name in _HELPERS]
+    for name, source in zip(_HELPERS, helpers):
+        if re.search(r"^import\s", source, re.M):
+            raise ImportError(f"{folder / name}: a helper module must not import anything")
+    return _COMMENT_LINES.sub("", "\n".join([*helpers, _LOCAL_IMPORT.sub("", widget_js)]))
 
 
 class PageSide(Protocol):

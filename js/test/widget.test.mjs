@@ -5,12 +5,16 @@ import { beforeEach, mock, test } from "node:test";
 import widget from "../widget.js";
 
 class FakeModel {
-  constructor() {
+  constructor(/** @type {Record<string, any>} */ values = {}) {
+    this.values = values;
     /** @type {any[]} */
     this.sent = [];
     /** @type {Map<string, Set<Function>>} */
     this.handlers = new Map();
     this.failSends = false;
+  }
+  get(/** @type {string} */ key) {
+    return this.values[key];
   }
   send(/** @type {any} */ msg) {
     if (this.failSends) throw new Error("comm closed");
@@ -131,7 +135,7 @@ test("cleanup says bye once, then removes every listener and timer", () => {
   window.dispatchEvent(new Event("pageshow"));
   window.dispatchEvent(new Event("pagehide"));
   mock.timers.tick(60_000);
-  assert.equal(model.sent.length, 2);
+  assert.deepEqual(model.kinds, ["transition:true", "bye:false"]);
 });
 
 test("each initialize is its own page; a failing send does not break the page", () => {
@@ -147,4 +151,67 @@ test("each initialize is its own page; a failing send does not break the page", 
   mock.timers.tick(2000);
   assert.equal(b.sent.at(-1).kind, "ping");
   assert.equal(b.sent.at(-1).seq, 4); // the failed attempts still used their numbers
+});
+
+/** Page time under test control: timers and performance.now() advance together, 10 ms a step. */
+const pageClock = (/** @type {any} */ t) => {
+  let now = 0;
+  const real = globalThis.performance;
+  Object.defineProperty(globalThis, "performance", { value: { now: () => now }, configurable: true, writable: true });
+  t.after(() => Object.defineProperty(globalThis, "performance", { value: real, configurable: true, writable: true }));
+  return (/** @type {number} */ ms) => {
+    for (let left = ms; left > 0; left -= 10) {
+      now += Math.min(10, left);
+      mock.timers.tick(Math.min(10, left));
+    }
+  };
+};
+
+test("idle rule: after idle_after_ms without input, one idle report from the last input; input counts again", (t) => {
+  const advance = pageClock(t);
+  const model = new FakeModel({ idle_after_ms: 5000 });
+  widget.initialize({ model });
+  advance(1000);
+  window.dispatchEvent(new Event("pointermove"));
+  advance(2000);
+  window.dispatchEvent(new Event("keydown"));
+  const lastInput = 3000;
+  advance(4990);
+  assert.ok(!model.kinds.includes("idle:false"));
+  advance(10);
+  const idle = model.sent.find((m) => m.kind === "idle");
+  assert.deepEqual([idle.visible, idle.input, idle.t], [false, lastInput, 8000]);
+  assert.deepEqual(Object.keys(idle).sort(), ["input", "kind", "page", "seq", "t", "type", "visible"]); // nothing about the input itself
+  advance(3000);
+  assert.equal(model.sent.filter((m) => m.kind === "idle").length, 1);
+  assert.equal(model.sent.at(-1).visible, false); // pings while idle say not shown
+  window.dispatchEvent(new Event("wheel"));
+  const back = model.sent.at(-1);
+  assert.deepEqual([back.kind, back.visible, back.t, back.input], ["transition", true, 11_000, 11_000]);
+  advance(2000);
+  assert.equal(model.sent.at(-1).input, 11_000); // pings carry the last input: the kernel's horizon
+});
+
+test("idle rule: hidden is not idle, and showing the page again counts as input", (t) => {
+  const advance = pageClock(t);
+  const model = new FakeModel({ idle_after_ms: 5000 });
+  widget.initialize({ model });
+  advance(1000);
+  setVisibility("hidden");
+  advance(20_000);
+  assert.ok(!model.kinds.includes("idle:false"));
+  setVisibility("visible");
+  assert.equal(model.sent.at(-1).input, 21_000);
+  advance(5000);
+  assert.equal(model.sent.filter((m) => m.kind === "idle").at(-1).input, 21_000);
+});
+
+test("without the idle rule the page sends no input instants and ignores input", (t) => {
+  const advance = pageClock(t);
+  const model = new FakeModel({ idle_after_ms: 0 });
+  widget.initialize({ model });
+  window.dispatchEvent(new Event("keydown"));
+  advance(60_000);
+  assert.ok(model.sent.length > 10);
+  assert.ok(model.sent.every((m) => !("input" in m) && m.kind !== "idle" && m.visible));
 });
