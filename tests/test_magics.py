@@ -86,6 +86,13 @@ def test_a_line_argparse_refuses_is_one_usage_error_naming_the_option(line: str,
     assert expected in str(caught.value)
 
 
+def test_a_comment_after_the_command_is_a_comment() -> None:
+    assert parse_line("status          # run id, state, active time") == Command("status")
+    assert parse_line('start w --name "Week #3" --code CS-1   # or --subject') == Command(
+        "start", {"id": "w", "name": "Week #3", "course": {"code": "CS-1"}}
+    )
+
+
 def test_end_options_become_timeback_metric_names_and_numbers_keep_their_type() -> None:
     command = parse_line("end --xp 12 --total 10 --correct 8 --mastered 1 --pct 40.5")
     assert command == Command(
@@ -176,6 +183,30 @@ def test_load_ext_and_unload_ext_through_ipython(shell: InteractiveShell, extens
     shell.run_line_magic("load_ext", extension)  # and it loads again
     assert "timeback" in shell.magics_manager.magics["line"]
     shell.run_line_magic("unload_ext", extension)
+
+
+def test_load_ext_binds_the_name_timeback_nb_and_unload_ext_removes_it(shell: InteractiveShell) -> None:
+    # The design's two lines: `%load_ext timeback_nb`, then `timeback_nb.start(...)`, no import.
+    shell.run_line_magic("load_ext", "timeback_nb")
+    assert shell.user_ns["timeback_nb"] is timeback_nb
+    assert shell.run_cell("timeback_nb.current()").success
+    shell.run_line_magic("unload_ext", "timeback_nb")
+    assert "timeback_nb" not in shell.user_ns
+
+
+def test_load_ext_leaves_a_name_timeback_nb_the_notebook_already_has(shell: InteractiveShell) -> None:
+    shell.user_ns["timeback_nb"] = "the user's own"
+    shell.run_line_magic("load_ext", "timeback_nb")
+    assert shell.user_ns["timeback_nb"] == "the user's own"
+    shell.run_line_magic("unload_ext", "timeback_nb")
+    assert shell.user_ns["timeback_nb"] == "the user's own"
+
+
+def test_unload_ext_leaves_the_name_when_the_user_rebound_it(shell: InteractiveShell) -> None:
+    shell.run_line_magic("load_ext", "timeback_nb")
+    shell.run_cell("timeback_nb = 42")
+    shell.run_line_magic("unload_ext", "timeback_nb")
+    assert shell.user_ns["timeback_nb"] == 42
 
 
 def test_unload_puts_back_a_timeback_magic_that_was_there_before(shell: InteractiveShell) -> None:

@@ -1,8 +1,10 @@
 """The IPython extension hooks and the ``%timeback`` line magic.
 
 Thin and symmetric, like jupysql's and jupyter-black's: `load_ipython_extension` registers one
-`TimebackMagics` per shell (loading twice registers once), `unload_ipython_extension` removes
-exactly that and puts back whatever ``%timeback`` was before. The magic only turns a line into a
+`TimebackMagics` per shell (loading twice registers once) and binds the name ``timeback_nb`` in
+the notebook when it is free, so the design's two lines (``%load_ext timeback_nb``, then
+``timeback_nb.start(...)``) run as written; `unload_ipython_extension` removes exactly that and
+puts back whatever ``%timeback`` was before. The magic only turns a line into a
 call on the public API (`timeback_nb.start`, `current().pause()`, ...); a `TimebackError`
 becomes one line on stderr instead of a traceback, and changes nothing.
 """
@@ -37,6 +39,7 @@ __all__ = [
 ]
 
 MAGIC_NAME = "timeback"
+PACKAGE_NAME = "timeback_nb"  # the name %load_ext binds in the user's namespace
 
 
 class _HelpShown(Exception):
@@ -159,7 +162,8 @@ def parse_line(line: str) -> Command:
     try:
         # POSIX quoting, so `--name "Week 3"` is the name Week 3 (IPython's own splitter keeps
         # the quotes).
-        argv = shlex.split(line)
+        # A `# ...` after the command is a comment, as everywhere else in a cell.
+        argv = shlex.split(line, comments=True)
     except ValueError as exc:
         raise UsageError(f"%{MAGIC_NAME}: {exc}") from None
     try:
@@ -215,6 +219,7 @@ class TimebackMagics(Magics):
     def __init__(self, shell: InteractiveShell, replaced: Any = None) -> None:
         super().__init__(shell)
         self.replaced = replaced  # the `%timeback` this one shadows, put back on unload
+        self.bound_name = False  # whether load bound `timeback_nb` in the user's namespace
 
     @line_magic(MAGIC_NAME)
     def timeback(self, line: str = "") -> Any:
@@ -277,15 +282,19 @@ def _ours(shell: InteractiveShell) -> TimebackMagics | None:
 
 
 def load_ipython_extension(shell: InteractiveShell) -> None:
-    """``%load_ext timeback_nb``: register ``%timeback`` once per shell."""
+    """``%load_ext timeback_nb``: register ``%timeback`` once per shell; bind ``timeback_nb``."""
     if _ours(shell) is not None:
         return
     replaced = shell.magics_manager.magics["line"].get(MAGIC_NAME)
-    shell.register_magics(TimebackMagics(shell, replaced))
+    magics = TimebackMagics(shell, replaced)
+    shell.register_magics(magics)
+    if PACKAGE_NAME not in shell.user_ns:  # never shadow a name the notebook already uses
+        shell.push({PACKAGE_NAME: sys.modules[PACKAGE_NAME]})
+        magics.bound_name = True
 
 
 def unload_ipython_extension(shell: InteractiveShell) -> None:
-    """``%unload_ext timeback_nb``: remove what load added, restore what it replaced.
+    """``%unload_ext timeback_nb``: remove what load added (the magic, the name), restore what it replaced.
 
     A running activity keeps running: unloading removes the magic, not the tracking.
     """
@@ -300,3 +309,7 @@ def unload_ipython_extension(shell: InteractiveShell) -> None:
     registry = shell.magics_manager.registry
     if registry.get(TimebackMagics.__name__) is magics:
         del registry[TimebackMagics.__name__]
+    if magics.bound_name and shell.user_ns.get(PACKAGE_NAME) is sys.modules.get(PACKAGE_NAME):
+        # Only the binding load made, still holding the package; a name the user rebound stays.
+        del shell.user_ns[PACKAGE_NAME]
+        shell.user_ns_hidden.pop(PACKAGE_NAME, None)
