@@ -303,7 +303,7 @@ def test_demo_copies_the_notebooks_keeps_edits_and_runs_jupyterlab_in_local_mode
 ) -> None:
     launched: list[dict[str, Any]] = []
 
-    def fake_run(command: list[str], cwd: Path, env_vars: dict[str, str]) -> int:
+    def fake_run(command: list[str], cwd: Path, env_vars: dict[str, str], **_: Any) -> int:
         launched.append({"command": command, "cwd": cwd, "env": dict(env_vars)})
         return 0
 
@@ -326,8 +326,10 @@ def test_demo_copies_the_notebooks_keeps_edits_and_runs_jupyterlab_in_local_mode
     store = folder / ".timeback" / "store.sqlite"
     assert run["env"]["TIMEBACK_NB_STORE"] == str(store)
     out = capsys.readouterr().out
-    assert f"TIMEBACK_NB_STORE={store} timeback-nb runs" in out
-    assert f"TIMEBACK_NB_STORE={store} timeback-nb events" in out
+    program = Path(sys.executable).parent / "timeback-nb"  # by its full path: .venv/bin is not on PATH
+    assert f"TIMEBACK_NB_STORE={store} {program} runs" in out
+    assert f"TIMEBACK_NB_STORE={store} {program} events" in out
+    assert f"TIMEBACK_CONFIG={folder / 'timeback.config.json'} TIMEBACK_NB_TRANSPORT=local" in out
 
     # A second run keeps what the student changed.
     (folder / "demo.ipynb").write_text("edited")
@@ -338,7 +340,7 @@ def test_demo_copies_the_notebooks_keeps_edits_and_runs_jupyterlab_in_local_mode
 
 def test_demo_keeps_an_explicit_store(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
-    monkeypatch.setattr(cli, "_run_jupyterlab", lambda c, cwd, e: seen.append(e["TIMEBACK_NB_STORE"]) or 0)
+    monkeypatch.setattr(cli, "_run_jupyterlab", lambda c, cwd, e, **_: seen.append(e["TIMEBACK_NB_STORE"]) or 0)
     assert cli.main(["demo", "--dir", str(env / "demo"), "--no-browser"]) == 0
     assert seen == [str(env / "store" / "timeback.sqlite")]
 
@@ -349,16 +351,17 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_demo_script_serves_the_demo_notebook_in_a_real_jupyterlab(tmp_path: Path) -> None:
-    """scripts/demo.sh with an existing virtualenv (this one): JupyterLab comes up on the demo."""
-    port, token = _free_port(), "demo-test-token"
+def test_demo_script_prints_an_address_that_opens_the_notebook_and_commands_that_run_as_pasted(tmp_path: Path) -> None:
+    """scripts/demo.sh with an existing virtualenv (this one), as a newcomer meets it: the address
+    it prints opens the notebook (its token logs in), and each command it prints runs when pasted
+    into a shell at the repository's root, with nothing but the system PATH."""
+    port = _free_port()
     jupyter = tmp_path / "jupyter"
     environ = {
         key: value for key, value in os.environ.items() if not key.startswith(("TIMEBACK_", "JUPYTER"))
     }
     environ.update(
         TIMEBACK_DEMO_VENV=sys.prefix,
-        JUPYTER_TOKEN=token,
         JUPYTER_CONFIG_DIR=str(jupyter / "config"),
         JUPYTER_DATA_DIR=str(jupyter / "data"),
         JUPYTER_RUNTIME_DIR=str(jupyter / "runtime"),
@@ -371,35 +374,52 @@ def test_demo_script_serves_the_demo_notebook_in_a_real_jupyterlab(tmp_path: Pat
         ["bash", str(REPO / "scripts" / "demo.sh"), "--no-browser", "--port", str(port), "--dir", str(folder)],
         env=environ,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.DEVNULL,  # JupyterLab's own log
+        text=True,
         start_new_session=True,
     )
-    base = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"token {token}"}
+    printed: list[str] = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.communicate()[0].decode()
-            try:
-                if httpx.get(f"{base}/api/status", headers=headers, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "JupyterLab did not come up within 60 s"
-            time.sleep(0.2)
-        listing = httpx.get(f"{base}/api/contents", headers=headers, timeout=5).json()
-        assert sorted(item["name"] for item in listing["content"]) == [
-            "demo.ipynb", "lesson-linear-functions.ipynb", "timeback.config.json"
-        ]
-        notebook = httpx.get(f"{base}/api/contents/demo.ipynb", headers=headers, timeout=5).json()
-        assert notebook["content"]["metadata"]["kernelspec"]["name"] == "python3"
-        lab = httpx.get(f"{base}/lab/tree/demo.ipynb", headers=headers, timeout=5)
-        assert lab.status_code == 200
+        assert process.stdout is not None
+        for line in process.stdout:  # until the demo says it is running, and what to do next
+            printed.append(line.rstrip("\n"))
+            if line.startswith("Stop with Ctrl-C"):
+                break
+        text = "\n".join(printed)
+        assert process.poll() is None, text
+        (url,) = [line.strip() for line in printed if line.strip().startswith("http://")]
+        commands = [line.strip() for line in printed if line.startswith("    ") and "timeback-nb" in line]
+        assert len(commands) == 3, text
+
+        with httpx.Client(follow_redirects=True, timeout=10) as browser:
+            page = browser.get(url)
+            assert page.status_code == 200 and page.url.path == "/lab/tree/demo.ipynb", (page.url, text)
+            assert "jupyter-config-data" in page.text  # JupyterLab itself, not the login page
+            # The token logged this "browser" in: the notebook itself can be read now.
+            notebook = browser.get(f"http://127.0.0.1:{port}/api/contents/demo.ipynb")
+            assert notebook.status_code == 200
+            assert notebook.json()["content"]["metadata"]["kernelspec"]["name"] == "python3"
+
+        pasted = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # a fresh terminal: no .venv on PATH
+        for command in commands:
+            result = subprocess.run(["bash", "-c", command], cwd=REPO, env=pasted, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+        assert "ok: usable" in result.stdout  # the last one is `check`, on the demo's config
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        output = process.communicate(timeout=30)[0].decode()
-    # The store path the demo uses is the one it tells the operator to inspect.
-    assert f"TIMEBACK_NB_STORE={folder / '.timeback' / 'store.sqlite'} timeback-nb events" in output
+        process.communicate(timeout=30)
+    assert f"TIMEBACK_NB_STORE={folder / '.timeback' / 'store.sqlite'} " in commands[0]
+
+
+def test_check_from_a_projects_root_names_the_config_one_folder_down(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(env)  # the course's config is in course/, as a clone's is in notebooks/
+    assert cli.main(["check"]) == 1
+    printed = capsys.readouterr()
+    assert "(there is one in course/: TIMEBACK_CONFIG=course/timeback.config.json)" in printed.out + printed.err
+    monkeypatch.setenv("TIMEBACK_CONFIG", "course/timeback.config.json")
+    assert cli.main(["check"]) == 0
 
 
 def test_check_says_where_the_student_identity_comes_from(

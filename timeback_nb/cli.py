@@ -12,6 +12,8 @@ import datetime as _dt
 import importlib.util
 import json
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -423,36 +425,60 @@ def _demo(args: argparse.Namespace) -> int:
     if not env.get("TIMEBACK_NB_STORE", "").strip():
         env["TIMEBACK_NB_STORE"] = str(folder / ".timeback" / "store.sqlite")
     store_path = Settings.from_env(env).store_path
+    # Our own token (or the user's JUPYTER_TOKEN), so the address printed below logs in. Passed
+    # in the environment, not on the command line, where `ps` would show it.
+    env["JUPYTER_TOKEN"] = env.get("JUPYTER_TOKEN") or secrets.token_urlsafe(24)
+    server = f"http://127.0.0.1:{args.port}"
+    notebook_url = f"{server}/lab/tree/demo.ipynb?token={env['JUPYTER_TOKEN']}"
 
     command = [
         sys.executable, "-m", "jupyterlab",
         f"--ServerApp.root_dir={folder}",
+        "--ServerApp.ip=127.0.0.1",
         f"--ServerApp.port={args.port}",
         "--ServerApp.port_retries=0",
         "--LabApp.default_url=/lab/tree/demo.ipynb",
     ]
     if args.no_browser:
-        command.append("--no-browser")
+        command.append("--no-browser")  # else JupyterLab opens the notebook when a browser exists
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")  # containers run as root; Jupyter refuses without it
-    afterwards = (
-        f"Afterwards, see what was recorded:\n"
-        f"  TIMEBACK_NB_STORE={store_path} {PROG} runs\n"
-        f"  TIMEBACK_NB_STORE={store_path} {PROG} events"
+    afterwards = "See what was recorded (paste into another terminal):\n\n" + "\n".join(
+        f"    {line}" for line in demo_commands(store_path, folder / CONFIG_FILENAME)
     )
-    print(
-        f"\nStarting JupyterLab on {folder} at http://127.0.0.1:{args.port}/lab/tree/demo.ipynb\n"
-        f"Local mode: events go to {store_path}; nothing leaves this machine.\n"
-        f"{afterwards}\nStop with Ctrl-C.\n",
-        flush=True,
-    )
-    status = _run_jupyterlab(command, folder, env)
+
+    def ready() -> None:
+        print(
+            f"\nThe demo is running. Open the notebook (the address carries its login token):\n\n"
+            f"    {notebook_url}\n\n"
+            f"Local mode: events go to {store_path}; nothing leaves this machine.\n"
+            f"{afterwards}\n\nStop with Ctrl-C.\n",
+            flush=True,
+        )
+
+    print(f"\nStarting JupyterLab on {folder} ...", flush=True)
+    status = _run_jupyterlab(command, folder, env, ready_url=f"{server}/api/status", on_ready=ready)
     print(f"\n{afterwards}")
     return status
 
 
-def _run_jupyterlab(command: list[str], cwd: Path, env: Mapping[str, str]) -> int:
-    """Run JupyterLab in the foreground until it exits.
+def demo_commands(store_path: Path, config_path: Path) -> list[str]:
+    """The follow-up commands the demo prints: whole command lines that work when pasted
+    anywhere (this environment's `timeback-nb` by its full path, the demo's store and config)."""
+    installed = Path(sys.executable).parent / PROG
+    program = shlex.quote(str(installed)) if os.access(installed, os.X_OK) else f"{shlex.quote(sys.executable)} -m timeback_nb.cli"
+    store = f"TIMEBACK_NB_STORE={shlex.quote(str(store_path))}"
+    return [
+        f"{store} {program} runs",
+        f"{store} {program} events",
+        f"TIMEBACK_CONFIG={shlex.quote(str(config_path))} TIMEBACK_NB_TRANSPORT=local {store} {program} check",
+    ]
+
+
+def _run_jupyterlab(
+    command: list[str], cwd: Path, env: Mapping[str, str], *, ready_url: str, on_ready: Callable[[], None]
+) -> int:
+    """Run JupyterLab in the foreground until it exits; call `on_ready` once it answers.
 
     Ctrl-C reaches the whole process group: JupyterLab handles it (asks, then shuts its kernels
     down, so their last windows are written). This process only waits for that, instead of
@@ -464,10 +490,31 @@ def _run_jupyterlab(command: list[str], cwd: Path, env: Mapping[str, str]) -> in
     except ValueError:  # not the main thread: no signal handling to change
         previous = None
     try:
+        if _wait_until_serving(process, ready_url, env["JUPYTER_TOKEN"]):
+            on_ready()
         return process.wait()
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def _wait_until_serving(process: subprocess.Popen[bytes], url: str, token: str, timeout: float = 120.0) -> bool:
+    """True once the server answers `url`; False if it exits first (its own log says why)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(request, timeout=2) as reply:
+                if reply.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    return False
 
 
 if __name__ == "__main__":

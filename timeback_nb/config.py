@@ -282,9 +282,12 @@ def find_config(
 def no_config_error(cwd: str | os.PathLike[str] | None = None) -> ConfigError:
     """The error for "no config anywhere": where we looked and how to point at one."""
     start = Path(cwd).absolute() if cwd is not None else Path.cwd()
+    # Run from a project's root, the config usually sits one folder down (notebooks/): say so.
+    nearby = sorted(start.glob(f"*/{CONFIG_FILENAME}"))
+    hint = f" (there is one in {nearby[0].parent.name}/: TIMEBACK_CONFIG={nearby[0].relative_to(start)})" if nearby else ""
     return ConfigError(
         f"config: no {CONFIG_FILENAME} found in {str(start)!r} or its parents; pass "
-        "config='path/to/timeback.config.json' or set TIMEBACK_CONFIG",
+        f"config='path/to/timeback.config.json' or set TIMEBACK_CONFIG{hint}",
         field="config",
     )
 
