@@ -11,12 +11,17 @@ Model assumptions, stated so the tests say what "exact" means:
   else within a ping interval), which `tests/test_ledger.py` checks on its own;
 - transitions and byes are never lost; a ping may be lost, but never two in a row (a page that is
   silent for longer than that *is* gone: its active time ends at its last report);
-- a page that vanishes without a bye is gone from its last report (design §3).
+- a page that vanishes without a bye is gone from its last report (design §3);
+- with the idle rule (`Plan.idle_ms`), a page behaves as js/visibility.js's `Sight`: being shown
+  counts as input, and its idle check runs exactly on time. The ground truth applies the rule
+  as stated instead: within a shown stretch, a gap of at least `idle_ms` from an input (or from
+  being shown) to the next input, the hiding, the page's end or the run's end is idle.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -40,6 +45,7 @@ class PagePlan:
     says_bye: bool
     pings_when_hidden: bool
     lost_pings: set[int] = field(default_factory=set)  # indexes of pings that never arrive
+    inputs: list[int] = field(default_factory=list)  # kernel ms of the student's input (idle rule)
 
 
 @dataclass
@@ -52,9 +58,10 @@ class Plan:
     cells: list[Cell]
     pauses: list[tuple[int, int | None]]  # (pause, resume or None)
     ticks: list[int]  # extra heartbeat wake-ups
+    idle_ms: int | None = None  # the idle rule, off when None
 
 
-def random_plan(rng: random.Random, *, end_max: int = 120_000) -> Plan:
+def random_plan(rng: random.Random, *, end_max: int = 120_000, idle: bool = False) -> Plan:
     interval = rng.choice([1_000, 2_500, 5_000, 15_000])
     abandon = interval * rng.choice([1, 2, 3, 6])
     end = rng.randrange(1, end_max)
@@ -75,6 +82,10 @@ def random_plan(rng: random.Random, *, end_max: int = 120_000) -> Plan:
             t += rng.choice([1, 50, 700, 3_000, 12_000, 40_000])
             transitions.append((t, not transitions[-1][1]))
         vanish = t + rng.randrange(1, 20_000) if rng.random() < 0.5 else None
+        inputs, t = [], appear
+        while idle and rng.random() < 0.9:
+            t += rng.choice([1, 50, 900, 2_000, 4_000, 9_000, 30_000])
+            inputs.append(t)
         pages.append(
             PagePlan(
                 name=f"page-{i}",
@@ -85,6 +96,7 @@ def random_plan(rng: random.Random, *, end_max: int = 120_000) -> Plan:
                 says_bye=rng.random() < 0.5,
                 pings_when_hidden=rng.random() < 0.5,
                 lost_pings={k for k in range(0, 400, 2) if rng.random() < 0.3},
+                inputs=inputs,
             )
         )
     pauses = []
@@ -96,7 +108,8 @@ def random_plan(rng: random.Random, *, end_max: int = 120_000) -> Plan:
             break
         t = resume + rng.randrange(1, 20_000)
     ticks = sorted(rng.randrange(0, end + 30_000) for _ in range(rng.randrange(0, 20)))
-    return Plan(interval, abandon, 2_000, end, pages, cells, pauses, ticks)
+    idle_ms = rng.choice([1_000, 3_000, 10_000]) if idle else None
+    return Plan(interval, abandon, 2_000, end, pages, cells, pauses, ticks, idle_ms)
 
 
 def _busy_queued(cells: list[Cell], t: int) -> bool:
@@ -111,21 +124,47 @@ class Outcome:
     abandoned_stretches: list[tuple[int, int]]
 
 
-def _page_reports(page: PagePlan, ping_ms: int, horizon: int) -> list[tuple[int, str, bool]]:
-    """What the page sends: (kernel ms sent, kind, visible)."""
+Send = tuple[int, str, bool, int, "int | None"]  # (kernel ms sent, kind, visible, event ms, last input ms)
+
+
+def _page_reports(page: PagePlan, ping_ms: int, horizon: int, idle_ms: int | None = None) -> list[Send]:
+    """What the page sends, as js/widget.js with its `Sight` does."""
     stop = page.vanish if page.vanish is not None else horizon
-    sends = [(t, "transition", v) for t, v in page.transitions if t < stop]
-    t, ping_index = page.appear + ping_ms, 0
-    while t < stop:
-        visible = _visible_at(page.transitions, t)
-        if visible or page.pings_when_hidden:
+    timeline = [(t, 0, "transition", v) for t, v in page.transitions]
+    timeline += [(t, 1, "input", True) for t in page.inputs]
+    timeline += [(t, 2, "ping", False) for t in range(page.appear + ping_ms, stop, ping_ms)]
+    timeline.append((stop, 3, "stop", False))
+    timeline.sort(key=lambda e: (e[0], e[1]))
+    sends: list[Send] = []
+    shown, idle, last, ping_index = False, False, page.appear, 0
+
+    def said(sent: int, kind: str, visible: bool, t: int | None = None) -> None:
+        sends.append((sent, kind, visible, sent if t is None else t, last if idle_ms else None))
+
+    for t, _, kind, visible in timeline:
+        due = last + idle_ms if idle_ms and shown and not idle else math.inf
+        if due <= t and due < stop:  # the idle check comes first at its instant
+            idle = True
+            said(int(due), "idle", False)
+        if kind == "stop":
+            break
+        if kind == "transition":
+            if visible and not shown:
+                last = t
+            shown, idle = visible, False
+            said(t, "transition", visible)
+        elif kind == "input":
+            last = t
+            if idle:
+                idle = False
+                said(t, "transition", True)
+        elif shown and not idle or page.pings_when_hidden:
             if ping_index not in page.lost_pings:
-                sends.append((t, "ping", visible))
+                said(t, "ping", shown and not idle)
             ping_index += 1
-        t += ping_ms
     if page.vanish is not None and page.says_bye:
-        sends.append((page.vanish, "bye", False))
-    return sorted(sends, key=lambda s: (s[0], s[1] != "transition"))
+        said(page.vanish, "bye", False)
+    return sends
 
 
 def _visible_at(transitions: list[tuple[int, bool]], t: int) -> bool:
@@ -144,7 +183,14 @@ def _arrival(cells: list[Cell], sent: int) -> int:
     return sent
 
 
-def ground_truth(plan: Plan, sends_by_page: dict[str, list[tuple[int, str, bool]]]) -> tuple[list[tuple[int, int]], int]:
+def _idle_stretches(page: PagePlan, start: int, stop: int, idle_ms: int) -> list[tuple[int, int]]:
+    """The rule as stated, over one shown stretch [start, stop): from an input (or being shown),
+    no input for idle_ms or more before the next input or the stretch's end is idle."""
+    inputs = [start, *(t for t in page.inputs if start < t < stop), stop]
+    return [(a, b) for a, b in zip(inputs, inputs[1:]) if b - a >= idle_ms]
+
+
+def ground_truth(plan: Plan, sends_by_page: dict[str, list[Send]]) -> tuple[list[tuple[int, int]], int]:
     """Active spans in kernel time over [0, end), and their total."""
     spans: list[tuple[int, int]] = []
     for page in plan.pages:
@@ -154,7 +200,7 @@ def ground_truth(plan: Plan, sends_by_page: dict[str, list[tuple[int, str, bool]
         if page.vanish is not None and page.says_bye:
             gone = page.vanish
         elif page.vanish is not None:
-            gone = max(t for t, _, _ in sends)  # gone from its last report
+            gone = max(t for _, _, _, t, _ in sends)  # gone from its last report
         else:
             gone = plan.end
         for i, (t, visible) in enumerate(page.transitions):
@@ -162,8 +208,12 @@ def ground_truth(plan: Plan, sends_by_page: dict[str, list[tuple[int, str, bool]
                 continue
             stop = page.transitions[i + 1][0] if i + 1 < len(page.transitions) else plan.end
             stop = min(stop, gone, plan.end)
-            if stop > t:
-                spans.append((t, stop))
+            if stop <= t:
+                continue
+            pieces = [(t, stop)]
+            for a, b in _idle_stretches(page, t, stop, plan.idle_ms) if plan.idle_ms else []:
+                pieces = [q for x, y in pieces for q in ((x, min(y, a)), (max(x, b), y)) if q[1] > q[0]]
+            spans.extend(pieces)
     spans.sort()
     merged: list[tuple[int, int]] = []
     for s, e in spans:
@@ -223,13 +273,14 @@ def run(plan: Plan, *, settle_ms: int = 1_000) -> Outcome:
         push(cell.end, "cell_end")
     sends_by_page = {}
     for page in plan.pages:
-        sends = _page_reports(page, plan.ping_ms, horizon)
+        sends = _page_reports(page, plan.ping_ms, horizon, plan.idle_ms)
         sends_by_page[page.name] = sends
         last_arrival = 0
-        for seq, (sent, kind, visible) in enumerate(sends):
+        for seq, (sent, kind, visible, _, last_input) in enumerate(sends):
             arrival = max(_arrival(plan.cells, sent), last_arrival)
             last_arrival = arrival
-            report = PageReport(page.name, seq, kind, visible, sent - page.clock_offset)
+            page_input = None if last_input is None else last_input - page.clock_offset
+            report = PageReport(page.name, seq, kind, visible, sent - page.clock_offset, page_input)
             push(arrival, "report", report)
     for p, r in plan.pauses:
         push(p, "pause")

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from timeback_nb.ledger import Ledger, PageReport
+import pytest
+
+from timeback_nb.errors import ValidationError
+from timeback_nb.ledger import Ledger, PageReport, parse_page_report
 
 
 class Tab:
     def __init__(self, ledger: Ledger, name: str, offset: float = 5_000.0) -> None:
         self.ledger, self.name, self.offset, self.seq = ledger, name, offset, 0
 
-    def send(self, kind: str, visible: bool, sent: int, arrival: int | None = None) -> None:
+    def send(self, kind: str, visible: bool, sent: int, arrival: int | None = None, last_input: int | None = None) -> None:
+        """`last_input` (kernel ms): the page's last input, sent with the idle rule on."""
         self.seq += 1
-        report = PageReport(self.name, self.seq, kind, visible, sent - self.offset)
+        page_input = None if last_input is None else last_input - self.offset
+        report = PageReport(self.name, self.seq, kind, visible, sent - self.offset, page_input)
         self.ledger.report(report, sent if arrival is None else arrival)
 
 
@@ -175,3 +180,98 @@ def test_without_a_prompt_report_such_a_page_is_placed_within_a_ping_interval() 
     windows += ledger.advance(71_100)
     active = sum(w.active_ms for w in windows if w.end <= 60_000)
     assert active == 60_000 - 200 - 1_880, "short by that delay, less than a ping interval"
+
+
+# --- the idle rule --------------------------------------------------------------------------------
+
+
+def test_an_idle_page_stops_counting_from_its_last_input_retroactively() -> None:
+    ledger = Ledger(start=0, interval_ms=5_000)
+    tab = Tab(ledger, "a")
+    tab.send("transition", True, 0, last_input=0)
+    tab.send("ping", True, 2_000, last_input=1_500)
+    tab.send("ping", True, 4_000, last_input=3_200)
+    tab.send("ping", True, 6_000, last_input=3_200)  # reading, no input since 3.2 s
+    assert ledger.advance(6_000) == []  # held: 3.2 s to 5 s may still turn out idle
+    assert ledger.state(6_000) == "active"
+    tab.send("idle", False, 8_200, last_input=3_200)  # idle_after = 5 s
+    assert ledger.state(8_200) == "idle"
+    [window] = ledger.advance(8_200)
+    assert (window.start, window.end, window.active_ms) == (0, 5_000, 3_200)
+    tab.send("transition", True, 11_000, last_input=11_000)  # input: counting again
+    tab.send("ping", True, 11_500, last_input=11_400)
+    [window] = ledger.advance(11_500)
+    assert (window.start, window.end, window.active_ms) == (5_000, 10_000, 0)
+    assert ledger.window_active_ms(11_500) == 500 and ledger.state(11_500) == "active"
+
+
+def test_with_the_idle_rule_a_window_closes_at_the_first_report_after_an_input_past_its_end() -> None:
+    ledger = Ledger(start=0, interval_ms=5_000)
+    tab = Tab(ledger, "a")
+    tab.send("transition", True, 0, last_input=0)
+    tab.send("ping", True, 5_040, last_input=4_000)
+    assert ledger.advance(5_040) == []
+    tab.send("ping", True, 7_000, last_input=6_100)
+    [window] = ledger.advance(7_000)
+    assert window.active_ms == 5_000
+
+
+def test_the_end_settles_the_stretch_after_the_last_input_and_a_late_idle_report_changes_nothing() -> None:
+    ledger = Ledger(start=0, interval_ms=10_000)
+    tab = Tab(ledger, "a")
+    tab.send("transition", True, 0, last_input=0)
+    tab.send("ping", True, 2_000, last_input=1_000)
+    ledger.end(3_000)  # the student ran the cell with end(): no waiting for idle_after
+    assert ledger.advance(3_000) == []
+    tab.send("ping", True, 3_100, last_input=1_000)
+    [window] = ledger.advance(3_100)
+    assert (window.end, window.active_ms) == (3_000, 3_000) and ledger.finished
+
+
+def test_an_idle_report_that_arrives_before_the_report_after_the_end_still_respects_the_end() -> None:
+    ledger = Ledger(start=0, interval_ms=10_000)
+    tab = Tab(ledger, "a")
+    tab.send("transition", True, 0, last_input=0)
+    tab.send("ping", True, 2_000, last_input=1_000)
+    ledger.end(3_000)
+    tab.send("idle", False, 3_500, last_input=1_000)  # found idle after the end: the end came first
+    [window] = ledger.advance(3_500)
+    assert window.active_ms == 3_000
+    ledger2 = Ledger(start=0, interval_ms=10_000)
+    tab2 = Tab(ledger2, "a")
+    tab2.send("transition", True, 0, last_input=0)
+    tab2.send("ping", True, 2_000, last_input=1_000)
+    tab2.send("idle", False, 2_900, last_input=1_000, arrival=3_200)  # found idle before the end
+    ledger2.end(3_000)
+    [window] = ledger2.advance(3_200)
+    assert window.active_ms == 1_000
+
+
+def test_idle_then_hidden_runs_towards_abandonment_from_the_last_input() -> None:
+    ledger = Ledger(start=0, interval_ms=1_000, abandon_ms=4_000)
+    tab = Tab(ledger, "a")
+    tab.send("transition", True, 0, last_input=0)
+    tab.send("ping", True, 1_000, last_input=500)
+    tab.send("idle", False, 2_500, last_input=500)  # idle_after = 2 s
+    tab.send("transition", False, 3_000, last_input=500)
+    assert ledger.state(3_000) == "hidden"
+    windows = ledger.advance(3_000)
+    for t in range(4_000, 6_001, 1_000):
+        tab.send("ping", False, t, last_input=500)
+        windows += ledger.advance(t)
+    assert ledger.abandoned_at == 4_500 and ledger.state(6_000) == "abandoned"
+    assert [w.end for w in windows][-1] == 4_500
+    assert sum(w.active_ms for w in windows) == 500
+
+
+def test_page_reports_with_the_idle_rule_are_validated() -> None:
+    base = {"type": "report", "page": "p", "seq": 1, "kind": "ping", "visible": True, "t": 100.0}
+    assert parse_page_report({**base, "input": 40}).input == 40.0
+    assert parse_page_report(base).input is None
+    assert parse_page_report({**base, "kind": "idle", "visible": False, "input": 5}).kind == "idle"
+    for bad, field in (
+        ({"input": 101}, "input"), ({"input": -1}, "input"), ({"input": "40"}, "input"), ({"input": True}, "input"),
+        ({"kind": "idle", "visible": False}, "input"), ({"kind": "idle", "visible": True, "input": 5}, "visible"),
+    ):
+        with pytest.raises(ValidationError, match=field):
+            parse_page_report({**base, **bad})

@@ -57,3 +57,19 @@ def test_long_sessions_with_abandonment(seed: int) -> None:
     plan = random_plan(rng, end_max=1_500_000)
     plan.abandon_ms = plan.interval_ms * 2
     check_invariants(plan, run(plan))
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0, max_value=2**32))
+def test_random_sessions_with_the_idle_rule_are_accounted_exactly(seed: int) -> None:
+    plan = random_plan(random.Random(seed), idle=True)
+    check_invariants(plan, run(plan))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32))
+def test_long_sessions_with_idle_and_abandonment(seed: int) -> None:
+    rng = random.Random(seed)
+    plan = random_plan(rng, end_max=1_500_000, idle=True)
+    plan.abandon_ms = plan.interval_ms * 2
+    check_invariants(plan, run(plan))

@@ -38,7 +38,7 @@ def _line_magics(shell: InteractiveShell) -> dict[str, object]:
 def test_start_line_becomes_the_keyword_arguments_of_start() -> None:
     command = parse_line(
         'start week-3 --name "Week 3: loops" --subject "Social Studies" --grade 8 --stateful '
-        "--run-id 0b0e2c1e-1f4c-4d0e-9a53-3c2d51f0b6a7 --interval 5 --abandon-after 60.5 --no-time"
+        "--run-id 0b0e2c1e-1f4c-4d0e-9a53-3c2d51f0b6a7 --interval 5 --abandon-after 60.5 --idle-after 90 --no-time"
     )
     assert command == Command(
         "start",
@@ -50,6 +50,7 @@ def test_start_line_becomes_the_keyword_arguments_of_start() -> None:
             "run_id": "0b0e2c1e-1f4c-4d0e-9a53-3c2d51f0b6a7",
             "heartbeat_interval": 5.0,
             "abandon_after": 60.5,
+            "idle_after": 90.0,
             "time": False,
         },
     )
@@ -132,7 +133,7 @@ def test_help_prints_usage_of_every_command(shell: InteractiveShell, capsys: pyt
     out = capsys.readouterr().out
     assert out.startswith("usage: %timeback start")
     for option in ("--name", "--subject", "--grade", "--code", "--stateful", "--run-id",
-                   "--interval", "--abandon-after", "--no-time"):
+                   "--interval", "--abandon-after", "--idle-after", "--no-time"):
         assert option in out
 
     shell.run_line_magic("timeback", "end -h")

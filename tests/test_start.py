@@ -76,6 +76,23 @@ def test_stateful_runs_reuse_the_run_id_until_a_completion_closes_it(local: Path
     assert fresh.run_id != first.run_id
 
 
+def test_the_idle_rule_reaches_the_page_from_the_argument_or_the_environment(
+    local: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from timeback_nb.widget import TimebackWidget
+
+    activity = timeback_nb.start("week-3", "Week 3", MATH8, idle_after=90, display=False)
+    assert activity.idle_after_ms == 90_000 and TimebackWidget(activity).idle_after_ms == 90_000
+    activity.end()
+    monkeypatch.setenv("TIMEBACK_NB_IDLE_AFTER", "45")
+    activity = timeback_nb.start("week-3", "Week 3", MATH8, display=False)
+    assert TimebackWidget(activity).idle_after_ms == 45_000
+    activity.end()
+    activity = timeback_nb.start("week-3", "Week 3", MATH8, idle_after=0, display=False)  # 0: off
+    assert TimebackWidget(activity).idle_after_ms == 0
+    activity.end()
+
+
 def test_an_explicit_run_id_is_used_lower_cased(local: Path) -> None:
     run_id = str(uuid.uuid4()).upper()
     activity = timeback_nb.start("week-3", "Week 3", MATH8, run_id=run_id, display=False)
@@ -102,6 +119,9 @@ BAD_START = [
     ({"heartbeat_interval": -5}, "heartbeat_interval"),
     ({"heartbeat_interval": float("nan")}, "heartbeat_interval"),
     ({"abandon_after": 5, "heartbeat_interval": 15}, "abandon_after"),
+    ({"idle_after": -1}, "idle_after"),
+    ({"idle_after": "2 minutes"}, "idle_after"),
+    ({"idle_after": 700, "abandon_after": 600}, "idle_after"),
     ({"run_id": "not-a-uuid"}, "run_id"),
     ({"run_id": "3f2504e04f8941d39a0c0305e82c3301x"}, "run_id"),
     ({"stateful": "yes"}, "stateful"),

@@ -32,6 +32,7 @@ class FakeActivity:
             "rejectedEvents": 0,
             "lastError": "",
             "activityName": "Linear functions",
+            "idleAfterMs": 0,
             "runId": "3f2504e0-4f89-41d3-9a0c-0305e82c3301",
             "nextPingMs": 1500,
             **overrides,

@@ -23,7 +23,7 @@ from .records import ActivityRef, Completion, Sink, TimeWindow
 
 log = logging.getLogger(__name__)
 
-STATES = ("active", "hidden", "paused", "abandoned", "ended")
+STATES = ("active", "idle", "hidden", "paused", "abandoned", "ended")
 NO_PAGE_NOTICE = (
     "no browser page has reported yet: time is not being counted as active "
     "(is the notebook open in a browser with the widget displayed?)"
@@ -51,6 +51,7 @@ class Activity(HasTraits):
         sink: Sink,
         heartbeat_interval: float = 15.0,
         abandon_after: float = 600.0,
+        idle_after: float | None = None,
         ping_interval: float = 2.0,
         track_time: bool = True,
         mode: str = "memory",
@@ -62,6 +63,8 @@ class Activity(HasTraits):
         self.ref = ref
         self.mode = mode
         self.track_time = track_time
+        # The idle rule is the page's to apply (it alone sees input); the ledger needs no number.
+        self.idle_after_ms = 0 if idle_after is None else round(idle_after * 1000)
         self._sink = sink
         self._clock = clock or SystemClock()
         self._on_finish = on_finish
@@ -326,6 +329,7 @@ class Activity(HasTraits):
             "rejectedEvents": self._rejected_events,
             "lastError": self.last_error or self.notice,
             "activityName": self.name,
+            "idleAfterMs": self.idle_after_ms,
             "runId": self.run_id,
         }
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from .activity import Activity
 from .errors import StateError, invalid
-from .options import resolve_options
+from .options import resolve_idle_after, resolve_options
 from .records import ActivityRef, Completion
 from .validation import (
     validate_activity_id,
@@ -50,6 +50,7 @@ def start(
     user: str | Mapping[str, Any] | None = None,
     heartbeat_interval: float | None = None,
     abandon_after: float | None = None,
+    idle_after: float | None = None,
     time: bool = True,
     config: str | None = None,
     display: bool = True,
@@ -57,7 +58,9 @@ def start(
     """Start tracking this notebook as the Timeback activity `id`; return the `Activity`.
 
     `course` is ``{"subject": "Math", "grade": 3}`` or ``{"code": "CS-101"}`` (optional when the
-    config has one course). Bad input raises a `TimebackError` naming the field; nothing starts.
+    config has one course). `idle_after` (seconds; default off, also ``TIMEBACK_NB_IDLE_AFTER``
+    and ``c.Timeback.idle_after``; 0 turns it off): a page with no input for that long stops
+    counting from its last input. Bad input raises a `TimebackError` naming the field; nothing starts.
     """
     global _current
     activity_id = validate_activity_id(id)
@@ -74,6 +77,9 @@ def start(
         ipython_config=getattr(shell, "config", None),
     )
     interval, abandon = validate_interval(options["heartbeat_interval"], options["abandon_after"])
+    idle = resolve_idle_after(idle_after, ipython_config=getattr(shell, "config", None))
+    if idle is not None and idle > abandon:
+        raise invalid("idle_after", f"must be ≤ abandon_after ({abandon:g} s), got {idle:g} s")
 
     with _lock:
         running = current()
@@ -100,6 +106,7 @@ def start(
             sink=context.delivery,
             heartbeat_interval=interval,
             abandon_after=abandon,
+            idle_after=idle,
             ping_interval=options["ping_interval"],
             track_time=time,
             mode=context.settings.transport,

@@ -11,6 +11,14 @@ Vocabulary (all instants are integer kernel-monotonic milliseconds):
   one came promptly, the page's time is placed exactly; else (cells still running, comms not on
   a subshell) within the delay of its freshest report, at most a ping interval.
 - *Active* means: running, not paused, and at least one present page visible (a union over tabs).
+  A page is "visible" when it shows the notebook (its browser tab visible and, in JupyterLab, the
+  notebook panel of its views shown: the page decides, see js/visibility.js).
+- *Idle* (the optional idle rule): a page that has shown the notebook with no input for the rule's
+  time says so once, with the instant of its last input, and stops counting from that instant,
+  retroactively, like a transition. So with the rule on, a visible page's time after its last
+  input is not known until the next input, or the idle report, or the end (which settles the
+  stretch: the student ran the cell with end()); pages then send the last input's instant with
+  every report, and windows after it are held. Only that instant ever leaves the page.
 - *Knowledge*: the instant up to which every page's state is known. A visible page is known up to
   its latest report (a page that crashes is gone from its last report, so nothing past it may be
   assumed); a hidden page is known up to the instant the channel is confirmed, since any change
@@ -33,7 +41,7 @@ from typing import Any, Mapping
 
 from .errors import invalid
 
-REPORT_KINDS = ("transition", "ping", "bye")
+REPORT_KINDS = ("transition", "ping", "idle", "bye")
 FOREVER = math.inf
 
 
@@ -44,6 +52,7 @@ class PageReport:
     kind: str  # one of REPORT_KINDS
     visible: bool
     t: float  # the page's performance.now(), ms
+    input: float | None = None  # page ms of the last input, sent only with the idle rule on
 
 
 def parse_page_report(message: Any) -> PageReport:
@@ -62,7 +71,16 @@ def parse_page_report(message: Any) -> PageReport:
         raise invalid("visible", "must be true or false")
     if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t < 0:
         raise invalid("t", "must be a finite number of milliseconds >= 0")
-    return PageReport(page, seq, kind, visible, float(t))
+    last_input = message.get("input")
+    if last_input is None and kind == "idle":
+        raise invalid("input", "an idle report must give the instant of the last input")
+    if last_input is not None and (
+        not isinstance(last_input, (int, float)) or isinstance(last_input, bool) or not 0 <= last_input <= t
+    ):
+        raise invalid("input", "must be a number of milliseconds between 0 and t")
+    if kind == "idle" and visible:
+        raise invalid("visible", "an idle page does not show the notebook: must be false")
+    return PageReport(page, seq, kind, visible, float(t), None if last_input is None else float(last_input))
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,8 @@ class _Presence:
     prompt: bool = True
     floor: int = 0
     trust_at: int = 0
+    input: float | None = None  # page ms of its last input (idle rule on), else None
+    idle: bool = False  # its latest word: idle (not hidden)
 
     def at(self, page_t: float) -> int:
         return round(page_t + self.offset)
@@ -206,19 +226,36 @@ class Ledger:
             t = max(report.t, self.closed_until - offset)
             presences.append(
                 _Presence(offset, [(t, report.visible)], t, arrival, report.seq, prompt=prompt,
-                          floor=self._confirmed(arrival), trust_at=arrival + self.ping_ms + self.settle_ms)
+                          floor=self._confirmed(arrival), trust_at=arrival + self.ping_ms + self.settle_ms,
+                          input=report.input)
             )
             current = presences[-1]
         else:
             current.offset = min(current.offset, arrival - report.t)
             current.prompt = current.prompt or prompt
             t = max(report.t, current.last_t)
+            if report.kind == "idle":
+                change = self._idle_from(current, report)
+            else:
+                change = t
             if report.visible != current.changes[-1][1]:
-                current.changes.append((t, report.visible))
+                current.changes.append((change, report.visible))
             current.last_t, current.last_arrival, current.last_seq = t, arrival, report.seq
+            if report.input is not None:
+                current.input = max(report.input, current.input or 0.0)
+        if report.kind == "idle" or report.visible or report.kind == "transition":
+            current.idle = report.kind == "idle"
         if report.kind == "bye":
             current.gone_t = current.last_t
         return True
+
+    def _idle_from(self, presence: _Presence, report: PageReport) -> float:
+        """Page ms from which an idle page stops counting: its last input, unless the run ended
+        before the page found it idle (the end settles the stretch before it as active)."""
+        since = max(report.input or 0.0, presence.changes[-1][0], presence.input or 0.0)
+        if self.end_at is not None and self.end_at < presence.at(report.t):
+            since = max(since, self.end_at - presence.offset)
+        return max(since, self.closed_until - presence.offset)  # closed time is never reopened
 
     def cell_started(self, now: int) -> None:
         if self._busy_since is not None:
@@ -309,6 +346,9 @@ class Ledger:
         known = float(now)
         for presence in self._present():
             horizon = presence.at(presence.last_t)
+            if presence.visible_now and presence.input is not None and (self.end_at is None or horizon < self.end_at):
+                # The idle rule: the time since the last input may still turn out idle.
+                horizon = min(horizon, presence.at(presence.input))
             known = min(known, horizon if presence.visible_now else max(horizon, confirmed))
             if not presence.prompt and now < presence.trust_at:
                 known = min(known, presence.floor)  # where its time lies is not known yet
@@ -438,10 +478,13 @@ class Ledger:
             return "ended"
         if self.paused:
             return "paused"
-        visible = any(p.visible_now for p in self._present())
+        present = self._present()
+        visible = any(p.visible_now for p in present)
         if self.abandoned_at is not None and not visible:
             return "abandoned"  # a visible page means the student is back: a new segment is due
-        return "active" if visible else "hidden"
+        if visible:
+            return "active"
+        return "idle" if any(p.idle for p in present) else "hidden"
 
     def next_wake(self, now: int) -> int:
         """When the heartbeat thread should look again (a page message that changes the state also

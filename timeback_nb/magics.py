@@ -122,6 +122,12 @@ def _build_parser() -> _Parser:
         help="stop counting after S seconds with no visible page (default 600)",
     )
     start.add_argument(
+        "--idle-after",
+        type=float,
+        metavar="S",
+        help="stop counting from the last input after S seconds without input (default off; 0: off)",
+    )
+    start.add_argument(
         "--no-time", action="store_true", help="completion only: no time tracking"
     )
 
@@ -202,6 +208,8 @@ def _start_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["heartbeat_interval"] = args.interval
     if args.abandon_after is not None:
         kwargs["abandon_after"] = args.abandon_after
+    if args.idle_after is not None:
+        kwargs["idle_after"] = args.idle_after
     if args.no_time:
         kwargs["time"] = False
     return kwargs

@@ -5,6 +5,7 @@ Precedence: the argument to `start()` > environment variable > IPython config > 
     # ~/.ipython/profile_default/ipython_config.py
     c.Timeback.heartbeat_interval = 30
     c.Timeback.abandon_after = 900
+    c.Timeback.idle_after = 120     # the idle rule, off by default
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from traitlets import Float
 from traitlets.config import Configurable
 
 from .errors import invalid
+from .validation import validate_idle_after
 
 ENV_VARS = {
     "heartbeat_interval": "TIMEBACK_NB_HEARTBEAT_INTERVAL",
@@ -36,6 +38,16 @@ class Timeback(Configurable):
     ping_interval = Float(
         2.0, config=True, help="Seconds between the page's keep-alive reports while visible."
     )
+    idle_after = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="The idle rule: seconds without input (keyboard, pointer, wheel, touch, focus) after "
+        "which a page that shows the notebook stops counting, from its last input. None or 0: "
+        "off (the default; Timeback's own SDK counts visibility only).",
+    )
+
+IDLE_AFTER_ENV = "TIMEBACK_NB_IDLE_AFTER"
 
 
 def resolve_options(
@@ -57,3 +69,25 @@ def resolve_options(
         else:
             values[name] = getattr(configured, name)
     return values
+
+
+def resolve_idle_after(
+    argument: Any, *, environ: Mapping[str, str] | None = None, ipython_config: Any = None
+) -> float | None:
+    """The idle rule's seconds, None when off: the argument (None: not given; 0: off) >
+    ``TIMEBACK_NB_IDLE_AFTER`` (unset or empty: not given; 0 or "off": off) > ``c.Timeback.idle_after``."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(IDLE_AFTER_ENV, "").strip()
+    if argument is not None:
+        return validate_idle_after(argument, "idle_after")
+    if text:
+        if text.lower() == "off":
+            return None
+        try:
+            return validate_idle_after(float(text), IDLE_AFTER_ENV)
+        except ValueError:
+            raise invalid(IDLE_AFTER_ENV, f"must be a number of seconds or 'off', not {text!r}") from None
+    configured = Timeback(config=ipython_config) if ipython_config is not None else Timeback()
+    if configured.idle_after is None:
+        return None
+    return validate_idle_after(configured.idle_after, "c.Timeback.idle_after")

@@ -175,6 +175,19 @@ def validate_interval(heartbeat_interval: Any, abandon_after: Any) -> tuple[floa
     return interval, abandon
 
 
+IDLE_AFTER_RANGE = (1.0, 86_400.0)  # seconds; below a second every pause to read would be idle
+
+
+def validate_idle_after(value: Any, field: str = "idle_after") -> float | None:
+    """The idle rule's seconds, or None for off (0 or False); `field` names where it came from."""
+    if value is False or (_is_number(value) and value == 0):
+        return None
+    low, high = IDLE_AFTER_RANGE
+    if not _is_number(value) or not math.isfinite(value) or not low <= value <= high:
+        raise invalid(field, f"expected 0 (off) or a number of seconds from {low:g} to {high:,g}, got {_show(value)}")
+    return float(value)
+
+
 def _count(metrics: Mapping[str, Any], key: str) -> int | None:
     value = metrics.get(key)
     if value is None:

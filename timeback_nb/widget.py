@@ -4,7 +4,12 @@ Page → kernel: ``model.send`` messages, never synced traits (ipywidgets merges
 updates while a cell runs; custom messages arrive complete and in order)::
 
     {"type": "report", "page": "<random id per tab and load>", "seq": 1, 2, ...,
-     "kind": "transition" | "ping" | "bye", "visible": true | false, "t": <performance.now() ms>}
+     "kind": "transition" | "ping" | "idle" | "bye", "visible": true | false, "t": <performance.now() ms>,
+     "input": <performance.now() ms of the last input: only with the idle rule on>}
+
+``visible`` means "this page shows the notebook" (browser tab visible and, in JupyterLab, the
+notebook panel of a view shown: js/visibility.js). ``idle``: no input for ``idle_after_ms``,
+counted from ``input``.
 
 Kernel → page: the traits below plus ``{"type": "ack", "seq": n, "nextPingMs": ms}``, sent only
 from the page-message handler. ipykernel routes a comm's incoming messages to the shell that last
@@ -80,6 +85,7 @@ _SHOWN = {
     "rejected_events": "rejectedEvents",
     "last_error": "lastError",
     "activity_name": "activityName",
+    "idle_after_ms": "idleAfterMs",
 }
 
 
@@ -97,12 +103,13 @@ class TimebackWidget(anywidget.AnyWidget):
     _esm = _load_esm()
 
     elapsed_ms = traitlets.Int(0, help="Active ms of the run, as of the last page report.").tag(sync=True)
-    state = traitlets.Unicode("", help="active, hidden, paused, abandoned or ended.").tag(sync=True)
+    state = traitlets.Unicode("", help="active, idle, hidden, paused, abandoned or ended.").tag(sync=True)
     mode = traitlets.Unicode("", help="Where events go: local, caliper or memory.").tag(sync=True)
     pending_events = traitlets.Int(0, help="Events queued, not yet delivered.").tag(sync=True)
     rejected_events = traitlets.Int(0, help="Events the endpoint refused (kept).").tag(sync=True)
     last_error = traitlets.Unicode("", help="The latest delivery error, secret-free.").tag(sync=True)
     activity_name = traitlets.Unicode("", help="The activity's display name.").tag(sync=True)
+    idle_after_ms = traitlets.Int(0, help="The idle rule, applied by the page: ms without input; 0 = off.").tag(sync=True)
 
     def __init__(self, activity: PageSide, **kwargs: Any) -> None:
         self._activity = activity
