@@ -46,6 +46,11 @@ _DEMO_SOURCES = (Path(__file__).resolve().parent / "demo", Path(__file__).resolv
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``timeback-nb``; returns the exit status (0 fine, 1 a problem, 2 bad usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["relay"]:  # the relay parses its own options (and its own --help)
+        from .relay.cli import main as relay_main  # the relay extra: only this command needs it
+
+        return relay_main(argv[1:])
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
@@ -118,6 +123,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=DEFAULT_DEMO_PORT, help=f"port (default {DEFAULT_DEMO_PORT})"
     )
     demo.set_defaults(handler=_demo)
+
+    # Listed for --help; main() hands `relay ...` to timeback_nb.relay before parsing.
+    commands.add_parser("relay", help="the relay service for JupyterHub: holds the credentials, kernels post to it")
     return parser
 
 

@@ -115,20 +115,8 @@ class Delivery:
         if isinstance(record, TimeWindow):
             envelope = events.time_spent_envelope(record, self.target, send_time=send_time)
         else:
-            envelope = self._completion(record, send_time)
+            envelope = numbered_completion(record, self.target, self.store, send_time=send_time)
         return _kind(record), events.event_id(envelope), events.dumps(envelope)
-
-    def _completion(self, record: Completion, send_time: str) -> dict[str, Any]:
-        # The id does not depend on the attempt: build once to learn it, so a replayed
-        # completion (already in the outbox) does not use up an attempt number.
-        envelope = events.completion_envelope(record, self.target, attempt=1, send_time=send_time)
-        if self.store.known(events.event_id(envelope)):
-            return envelope
-        object_id = envelope["data"][0]["object"]["id"]
-        attempt = self.store.next_attempt(self.target.user_id, object_id)
-        if attempt == 1:
-            return envelope
-        return events.completion_envelope(record, self.target, attempt=attempt, send_time=send_time)
 
     def _report(self, message: str, *, passes: bool = False) -> None:
         self.last_error = message
@@ -136,6 +124,21 @@ class Delivery:
             self.sender.note_error(message, passes=passes)
         except Exception:
             log.exception("timeback: reporting a delivery problem failed")
+
+
+def numbered_completion(record: Completion, target: Target, store: Store, *, send_time: str) -> dict[str, Any]:
+    """The completion's envelope with the student's next attempt number for the activity.
+
+    The id does not depend on the attempt: it is built once to learn it, so a replayed
+    completion (already in the outbox) does not use up an attempt number."""
+    envelope = events.completion_envelope(record, target, attempt=1, send_time=send_time)
+    if store.known(events.event_id(envelope)):
+        return envelope
+    object_id = envelope["data"][0]["object"]["id"]
+    attempt = store.next_attempt(target.user_id, object_id)
+    if attempt == 1:
+        return envelope
+    return events.completion_envelope(record, target, attempt=attempt, send_time=send_time)
 
 
 def _kind(record: Record) -> str:

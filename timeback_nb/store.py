@@ -133,7 +133,9 @@ class Store:
     (WAL + busy timeout). `close()` is idempotent; the store is also a context manager.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, synchronous: str = "NORMAL"
+    ) -> None:
         self.path = Path(path).expanduser()
         self._lock = threading.RLock()
         try:
@@ -152,7 +154,11 @@ class Store:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 log.warning("store %s: journal_mode is %s, not wal", self.path, mode)
-            conn.execute("PRAGMA synchronous = NORMAL")
+            # NORMAL survives a killed process; the relay asks for FULL (an fsync per commit, which
+            # its group commit shares out) since after its 204 a kernel never sends that window again.
+            if synchronous not in ("NORMAL", "FULL"):
+                raise ValueError(f"synchronous: expected NORMAL or FULL, got {synchronous!r}")
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
             self._migrate()
         except sqlite3.Error as exc:
             self.close()
@@ -190,9 +196,20 @@ class Store:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction of several statements; it takes the database write lock up front
-        (BEGIN IMMEDIATE), so it never fails half-way on another process's lock."""
+        (BEGIN IMMEDIATE), so it never fails half-way on another process's lock. Inside an
+        open transaction it is a savepoint: it joins the outer commit (see `transaction`)."""
         with self._lock:
             conn = self._open_conn()
+            if conn.in_transaction:
+                conn.execute("SAVEPOINT nested")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK TO nested")
+                    conn.execute("RELEASE nested")
+                    raise
+                conn.execute("RELEASE nested")
+                return
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -201,6 +218,12 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    def transaction(self) -> Any:
+        """One commit around many calls (`with store.transaction() as conn:`): every method
+        called inside, on this thread, joins it, and nothing is durable before it ends. The
+        relay commits a group of requests' events this way before answering any of them."""
+        return self._tx()
 
     def _query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         """One read. A single statement is atomic on its own: no BEGIN/COMMIT round trips."""

@@ -1,0 +1,72 @@
+"""What a heartbeat window must look like before the relay counts it (beyond the SDK's
+field checks, which check none of this: protocol reference §5.5).
+
+Pure arithmetic on epoch milliseconds; the relay's store supplies the accepted windows the
+stateful rules compare against. Each refusal is a 400 INVALID_PAYLOAD naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .adapter import Heartbeat, invalid_payload
+
+__all__ = [
+    "MAX_WINDOW_MS",
+    "SKEW_MS",
+    "TOLERANCE_MS",
+    "check_parallel",
+    "check_window",
+    "overlapping",
+]
+
+MAX_WINDOW_MS = 10 * 60 * 1000  # the kernel closes a window every 15 s and abandons at 10 min
+SKEW_MS = 60 * 1000  # a kernel's clock may run this far ahead of the relay's
+TOLERANCE_MS = 1000  # rounding between a kernel's monotonic and wall clocks
+
+
+def check_window(beat: Heartbeat, now_ms: int) -> None:
+    """The rules one window can be judged on alone: it ends after it starts, lasts at most
+    10 minutes, is not in the future, and its active + inactive time fill it (±1 s)."""
+    length = beat.ended_ms - beat.started_ms
+    if length <= 0:
+        raise invalid_payload("endedAt", "endedAt must be after startedAt")
+    if length > MAX_WINDOW_MS:
+        raise invalid_payload("endedAt", f"A window lasts at most {MAX_WINDOW_MS // 60000} minutes; this one {length} ms")
+    if beat.ended_ms > now_ms + SKEW_MS:
+        raise invalid_payload("endedAt", "endedAt is in the future")
+    window = beat.window
+    if abs(window.elapsed_ms + window.paused_ms - length) > TOLERANCE_MS:
+        raise invalid_payload(
+            "elapsedMs", f"elapsedMs + pausedMs must equal the window's length ({length} ms), "
+            f"got {window.elapsed_ms + window.paused_ms} ms",
+        )
+
+
+def overlapping(beat: Heartbeat, accepted: Iterable[tuple[int, int]]) -> tuple[int, int] | None:
+    """The first accepted window `(start_ms, end_ms)` of the same run this one overlaps."""
+    for start, end in accepted:
+        if start < beat.ended_ms and end > beat.started_ms:
+            return start, end
+    return None
+
+
+def check_parallel(beat: Heartbeat, others: Iterable[tuple[int, int, int]], max_parallel: int) -> None:
+    """One student's active time, over every run, is at most `max_parallel` × wall time.
+
+    `others` are the student's accepted windows `(start_ms, end_ms, active_ms)` that may
+    overlap this one; each counts with the share of its active time that falls inside this
+    window (active time is taken as spread evenly over a window).
+    """
+    start, end = beat.started_ms, beat.ended_ms
+    active = float(beat.window.elapsed_ms)
+    for other_start, other_end, other_active in others:
+        shared = min(end, other_end) - max(start, other_start)
+        if shared > 0 and other_active > 0:
+            active += other_active * shared / (other_end - other_start)
+    allowed = max_parallel * (end - start) + TOLERANCE_MS
+    if active > allowed:
+        raise invalid_payload(
+            "elapsedMs", f"More active time than {max_parallel} activities at once allow "
+            f"({round(active)} ms active in a {end - start} ms window across this student's runs)",
+        )

@@ -1,0 +1,203 @@
+"""The relay as a whole, framework-free: one request (route, Authorization header, raw body)
+in, one reply (status, JSON or nothing) out.
+
+Order per request, as the SDK's adapter (protocol reference §5.5, §5.6): identity from the
+token, parse, validate, resolve the course; then the relay's own checks (plausibility,
+run ownership, duplicates) and the durable commit; 204 only once the event is in the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import Settings, find_config, load_config, no_config_error
+from ..errors import ConfigError
+from ..events import Target
+from ..outbox import Sender, make_transport
+from ..store import Store
+from .adapter import AdapterError, CourseResolver, parse_body, validate_heartbeat, validate_submit
+from .identity import Directory, FileTokens, HubTokens, TokenResolver, bearer_token
+from .journal import ACCEPTED, CompletionItem, Journal, TimeItem
+from .plausibility import check_window
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_BASE_PATH", "Relay", "RelayOptions", "Reply", "hub_environment"]
+
+DEFAULT_BASE_PATH = "/api/timeback"
+RELAY_TRANSPORTS = ("caliper", "local")
+
+Reply = tuple[int, "dict[str, Any] | None"]
+_UNAUTHORIZED = AdapterError(401, "UNAUTHORIZED", "Unauthorized")
+
+
+@dataclass
+class RelayOptions:
+    """`timeback-nb relay`'s options (design §10)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    base_path: str = DEFAULT_BASE_PATH
+    store: Path | None = None
+    tokens: Path | None = None
+    users: Path | None = None
+    email_template: str | None = None
+    batch: int = 100
+    max_parallel: int = 2
+    environ: dict[str, str] = field(default_factory=dict)
+
+
+def hub_environment(environ: dict[str, str]) -> dict[str, str] | None:
+    """The hub service variables when this process runs as a JupyterHub service. A user's own
+    server has URL and prefix variables too, for itself; only a service has a service name."""
+    names = ("JUPYTERHUB_SERVICE_NAME", "JUPYTERHUB_API_URL", "JUPYTERHUB_SERVICE_URL", "JUPYTERHUB_SERVICE_PREFIX")
+    if not environ.get("JUPYTERHUB_SERVICE_NAME"):
+        return None
+    missing = [n for n in names if not environ.get(n)]
+    if missing:
+        raise ConfigError(f"{missing[0]}: not set, but JUPYTERHUB_SERVICE_NAME is; a hub service needs {', '.join(names)}", field=missing[0])
+    return {n: environ[n] for n in (*names, "JUPYTERHUB_API_TOKEN") if n in environ}
+
+
+class Relay:
+    """Everything the routes need; `start()` starts the writer and the sender, `stop()` both."""
+
+    def __init__(self, options: RelayOptions, *, wall_ms: Callable[[], int] | None = None) -> None:
+        environ = options.environ
+        self.options = options
+        self.settings = Settings.from_env(environ)
+        if self.settings.transport not in RELAY_TRANSPORTS:
+            raise ConfigError(
+                f"TIMEBACK_NB_TRANSPORT: the relay delivers with {' or '.join(RELAY_TRANSPORTS)}, "
+                f"not {self.settings.transport!r}",
+                field="TIMEBACK_NB_TRANSPORT",
+            )
+        if options.max_parallel < 1:
+            raise ConfigError(f"--max-parallel: expected an integer ≥ 1, got {options.max_parallel}", field="--max-parallel")
+        self.hub = hub_environment(environ)
+        config_path = find_config(environ=environ)
+        if config_path is None:
+            raise no_config_error()
+        self.config = load_config(config_path, self.settings.env)
+        self.courses = CourseResolver(self.config, self.settings.env)
+        self.tokens: TokenResolver
+        if self.hub is not None:
+            self.tokens = HubTokens(self.hub["JUPYTERHUB_API_URL"], self.hub.get("JUPYTERHUB_API_TOKEN"))
+        elif options.tokens is not None:
+            self.tokens = FileTokens(options.tokens)
+        else:
+            raise ConfigError(
+                "--tokens: required outside JupyterHub (a JSON file {\"<token>\": {\"name\": \"alice\"}})",
+                field="--tokens",
+            )
+        store_path = options.store or self.settings.store_path
+        self.store = Store(store_path, synchronous="FULL")
+        self.directory = Directory.from_file(self.settings, self.store, options.users, options.email_template)
+        self.sender = _make_sender(self.store, make_transport(self.settings, self.store), options.batch)
+        self.journal = Journal(self.store, max_parallel=options.max_parallel, on_commit=lambda n: self.sender.wake())
+        self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        self._targets: dict[tuple[Any, ...], Target] = {}
+
+    def __repr__(self) -> str:
+        return f"Relay({self.tokens!r}, {self.store!r})"
+
+    @property
+    def base_path(self) -> str:
+        """Where the routes live: the hub service prefix (if any) + the base path."""
+        base = "/" + self.options.base_path.strip("/")
+        if self.hub is not None:
+            return "/" + self.hub["JUPYTERHUB_SERVICE_PREFIX"].strip("/") + base
+        return base.rstrip("/") if base != "/" else ""
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self.hub is not None:
+            from urllib.parse import urlsplit
+
+            url = urlsplit(self.hub["JUPYTERHUB_SERVICE_URL"])
+            return url.hostname or "127.0.0.1", url.port or (443 if url.scheme == "https" else 80)
+        return self.options.host, self.options.port
+
+    def start(self) -> Relay:
+        self.journal.start()
+        self.sender.start()
+        return self
+
+    def stop(self) -> None:
+        self.journal.stop()
+        self.sender.stop(5.0)
+        if self.sender.transport is not None:
+            self.sender.transport.close()
+        self.store.close()
+
+    # -- the routes ----------------------------------------------------------------------------
+
+    async def heartbeat(self, authorization: str | None, raw: bytes) -> Reply:
+        try:
+            name = await self._identify(authorization)
+            beat = validate_heartbeat(parse_body(raw))
+            resolved = self.courses.resolve(beat.window.activity.course)
+            check_window(beat, self._wall_ms())
+            target = await self._target(name, resolved)
+            result = await self.journal.commit(TimeItem(name, beat, target))
+        except AdapterError as exc:
+            return exc.status, exc.body()
+        return _reply(result)
+
+    async def submit(self, authorization: str | None, raw: bytes) -> Reply:
+        try:
+            name = await self._identify(authorization)
+            submit = validate_submit(parse_body(raw))
+            resolved = self.courses.resolve(submit.completion.activity.course)
+            target = await self._target(name, resolved)
+            result = await self.journal.commit(CompletionItem(name, submit, target))
+        except AdapterError as exc:
+            return exc.status, exc.body()
+        return _reply(result)
+
+    def health(self) -> dict[str, Any]:
+        """No token needed, so nothing secret: counts and modes only."""
+        counts = self.store.counts()
+        return {
+            "status": "ok",
+            "mode": self.tokens.mode,
+            "transport": self.settings.transport,
+            "queued": counts["queued"],
+            "delivered": counts["delivered"],
+            "rejected": counts["rejected"],
+        }
+
+    async def _identify(self, authorization: str | None) -> str:
+        token = bearer_token(authorization)
+        name = await self.tokens.name(token) if token else None
+        if name is None:
+            raise _UNAUTHORIZED
+        return name
+
+    async def _target(self, name: str, resolved: Any) -> Target:
+        key = (name, resolved.course_id, resolved.sensor, resolved.subject, resolved.course_name, resolved.app_name)
+        target = self._targets.get(key)
+        if target is None:
+            student = await self.directory.student(name)
+            target = Target.from_course(resolved, self.settings, student.email, student.user_id)
+            if len(self._targets) > 100_000:  # a bound, not a policy: rebuilt on demand
+                self._targets.clear()
+            self._targets[key] = target
+        return target
+
+
+def _reply(result: Any) -> Reply:
+    if isinstance(result, AdapterError):
+        return result.status, result.body()
+    if result == ACCEPTED:
+        return 204, None
+    return 200, {"duplicate": True}
+
+
+def _make_sender(store: Store, transport: Any, batch: int) -> Sender:
+    # TODO(relay-transport): envelope batching lands in the sender; --batch is handed to it then.
+    return Sender(store, transport)
