@@ -26,11 +26,22 @@ if ! command -v node >/dev/null 2>&1; then
   apt_install nodejs
 fi
 
+if ! command -v npm >/dev/null 2>&1; then
+  echo "Installing npm for JupyterHub's proxy"
+  apt_install npm
+fi
+# The relay's hub tests run a real JupyterHub, whose proxy is the npm package
+# configurable-http-proxy: installed into the checkout (gitignored), never globally.
+if [ ! -x "$root/node_modules/.bin/configurable-http-proxy" ]; then
+  echo "Installing configurable-http-proxy into $root/node_modules"
+  npm install --prefix "$root" --no-save --no-audit --no-fund --loglevel=error configurable-http-proxy >/dev/null
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
 fi
-if ! "$venv/bin/python" -c 'import timeback_nb, jupyterlab, notebook, playwright, hypothesis, jsonschema' >/dev/null 2>&1 \
+if ! "$venv/bin/python" -c 'import timeback_nb, jupyterlab, notebook, playwright, hypothesis, jsonschema, jupyterhub' >/dev/null 2>&1 \
    || [ pyproject.toml -nt "$venv/.timeback-test-deps" ]; then
   echo "Installing timeback-nb with its test extras into $venv"
   "$venv/bin/python" -m pip install --quiet -e ".[test]"

@@ -9,6 +9,7 @@ run ownership, duplicates) and the durable commit; 204 only once the event is in
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,5 +200,7 @@ def _reply(result: Any) -> Reply:
 
 
 def _make_sender(store: Store, transport: Any, batch: int) -> Sender:
+    # One relay per store: a fixed lease owner lets a restarted relay (after a crash) send the
+    # rows its previous life had leased at once, instead of after the lease runs out.
     # TODO(relay-transport): envelope batching lands in the sender; --batch is handed to it then.
-    return Sender(store, transport)
+    return Sender(store, transport, owner=f"timeback-relay:{socket.gethostname()}:{store.path}")
