@@ -33,6 +33,7 @@ BENCHMARKS = (
     "idle",
     "import",
     "drain",
+    "relay_ingest",
     "memory",
     "widget_js",
 )

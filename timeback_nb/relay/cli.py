@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import TimebackError
+from ..outbox import MAX_BATCH_SIZE
 from .service import DEFAULT_BASE_PATH, RelayOptions
 
 PROG = "timeback-nb relay"
@@ -31,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens", type=Path, help='standalone: JSON {"<token>": {"name": "alice"}}')
     parser.add_argument("--users", type=Path, help='JSON {"alice": {"email": "...", "id": "<sourcedId>"}}')
     parser.add_argument("--email-template", help='hub name → email, e.g. "{name}@school.edu"')
-    parser.add_argument("--batch", type=_positive, default=100, metavar="N", help="events per envelope to Caliper (100)")
+    parser.add_argument(
+        "--batch", type=_positive, default=100, metavar="N",
+        help=f"events per envelope to Caliper, 1 to {MAX_BATCH_SIZE} (100; a rejected batch is split)",
+    )
     parser.add_argument(
         "--max-parallel", type=_positive, default=2, metavar="K",
         help="a student's active time is at most K × wall time across runs (2: a split view)",

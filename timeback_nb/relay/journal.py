@@ -95,6 +95,7 @@ class Journal:
         self._wall_ms = wall_ms
         self._queue: queue.SimpleQueue[tuple[Item, asyncio.Future[Result]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._owners: dict[str, str] = {}  # run → user, as committed (this is the store's only writer)
         self.groups = 0  # commits made (for /health and the benchmark)
         self.committed = 0  # items judged
         with store.transaction() as conn:
@@ -119,12 +120,6 @@ class Journal:
         self._queue.put((item, future))
         return future
 
-    def owner(self, run_id: str) -> str | None:
-        """Who owns `run_id` (None if nobody has used it yet)."""
-        with self.store.transaction() as conn:
-            row = conn.execute("SELECT user FROM relay_runs WHERE run_id = ?", (run_id,)).fetchone()
-        return None if row is None else str(row[0])
-
     # -- the writer thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -146,25 +141,26 @@ class Journal:
 
     def _commit_group(self, group: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         send_time = iso_utc_ms(self._wall_ms())
-        results: list[Result | BaseException] = []
-        enqueued = 0
+        results: list[Result] = []
+        claimed: dict[str, str] = {}  # runs first claimed in this group: known once it commits
         try:
             with self.store.transaction() as conn:
                 for item, _ in group:
                     try:
-                        with self.store.transaction():  # a savepoint: one item's failure is its own
-                            result = self._judge(conn, item, send_time)
+                        result = self._judge(conn, item, send_time, claimed)
                     except AdapterError as exc:
                         result = exc
                     except TimebackError as exc:  # e.g. the sensor URL is unusable
                         result = AdapterError(502, "INTERNAL_ERROR", str(exc))
-                    enqueued += result == ACCEPTED
                     results.append(result)
         except Exception as exc:  # nothing of the group is committed: every request is told so
             log.warning("timeback relay: commit failed: %s: %s", type(exc).__name__, exc)
             failure = AdapterError(503, "INTERNAL_ERROR", f"The relay could not store the event: {type(exc).__name__}")
             results = [failure] * len(group)
-            enqueued = 0
+            claimed = {}
+        self._owners.update(claimed)
+        if len(self._owners) > 200_000:  # a cache, not the record: the store has them all
+            self._owners.clear()
         self.groups += 1
         self.committed += len(group)
         futures = [future for _, future in group]
@@ -173,35 +169,47 @@ class Journal:
             loop.call_soon_threadsafe(_settle, futures, results)
         except RuntimeError:  # the loop is closed: the service is stopping
             return
+        enqueued = sum(result == ACCEPTED for result in results)
         if enqueued and self.on_commit is not None:
             self.on_commit(enqueued)
 
-    def _claim(self, conn: Any, run_id: str, user: str) -> bool:
-        """Whether `run_id` is `user`'s (claimed now if nobody had it); else 403."""
-        row = conn.execute("SELECT user FROM relay_runs WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None:
-            conn.execute("INSERT INTO relay_runs (run_id, user, created) VALUES (?, ?, ?)", (run_id, user, time.time()))
-            return True
-        if row[0] != user:
-            raise AdapterError(403, "FORBIDDEN", "This runId belongs to another user")
-        return True
+    def _owner(self, conn: Any, run_id: str, claimed: dict[str, str]) -> str | None:
+        owner = self._owners.get(run_id) or claimed.get(run_id)
+        if owner is None:
+            row = conn.execute("SELECT user FROM relay_runs WHERE run_id = ?", (run_id,)).fetchone()
+            owner = None if row is None else str(row[0])
+            if owner is not None:
+                self._owners[run_id] = owner
+        return owner
 
-    def _judge(self, conn: Any, item: Item, send_time: str) -> Result:
+    def _claim(self, conn: Any, run_id: str, user: str, claimed: dict[str, str]) -> bool:
+        """Check that `run_id` is `user`'s (403 if another user's); True if nobody had it yet.
+        Nothing is written here: the caller claims it only if the request is accepted."""
+        owner = self._owner(conn, run_id, claimed)
+        if owner is not None and owner != user:
+            raise AdapterError(403, "FORBIDDEN", "This runId belongs to another user")
+        return owner is None
+
+    def _record_owner(self, conn: Any, run_id: str, user: str, claimed: dict[str, str]) -> None:
+        conn.execute("INSERT INTO relay_runs (run_id, user, created) VALUES (?, ?, ?)", (run_id, user, time.time()))
+        claimed[run_id] = user
+
+    def _judge(self, conn: Any, item: Item, send_time: str, claimed: dict[str, str]) -> Result:
+        """Every check first, then the writes: a refused item writes nothing."""
         if isinstance(item, CompletionItem):
-            return self._complete(conn, item, send_time)
+            return self._complete(conn, item, send_time, claimed)
         beat = item.beat
         run_id = beat.window.run_id
-        self._claim(conn, run_id, item.user)
-        if conn.execute(
-            "SELECT 1 FROM relay_windows WHERE run_id = ? AND start_ms = ?", (run_id, beat.started_ms)
-        ).fetchone():
-            return DUPLICATE
-        # Windows last at most MAX_WINDOW_MS, so only those starting that much earlier can overlap.
+        new_run = self._claim(conn, run_id, item.user, claimed)
+        # Windows last at most MAX_WINDOW_MS, so only those starting that much earlier can
+        # overlap; the same start is the same window (the SDK's de-duplication key).
         earliest = beat.started_ms - MAX_WINDOW_MS
         same_run = conn.execute(
             "SELECT start_ms, end_ms FROM relay_windows WHERE run_id = ? AND start_ms > ? AND start_ms < ?",
             (run_id, earliest, beat.ended_ms),
         ).fetchall()
+        if any(start == beat.started_ms for start, _ in same_run):
+            return DUPLICATE
         clash = overlapping(beat, same_run)
         if clash is not None:
             raise _overlap(clash)
@@ -212,6 +220,8 @@ class Journal:
             ).fetchall()
             check_parallel(beat, others, self.max_parallel)
         envelope = events.time_spent_envelope(beat.window, item.target, send_time=send_time)
+        if new_run:
+            self._record_owner(conn, run_id, item.user, claimed)
         conn.execute(
             "INSERT INTO relay_windows (run_id, start_ms, end_ms, user, active_ms) VALUES (?, ?, ?, ?, ?)",
             (run_id, beat.started_ms, beat.ended_ms, item.user, beat.window.elapsed_ms),
@@ -220,10 +230,11 @@ class Journal:
             return DUPLICATE
         return ACCEPTED
 
-    def _complete(self, conn: Any, item: CompletionItem, send_time: str) -> Result:
+    def _complete(self, conn: Any, item: CompletionItem, send_time: str, claimed: dict[str, str]) -> Result:
         completion = item.submit.completion
         assert completion.run_id is not None
-        self._claim(conn, completion.run_id, item.user)
+        if self._claim(conn, completion.run_id, item.user, claimed):
+            self._record_owner(conn, completion.run_id, item.user, claimed)
         envelope = numbered_completion(completion, item.target, self.store, send_time=send_time)
         if not item.submit.process:
             envelope["data"][0]["object"]["process"] = False  # the id does not depend on it

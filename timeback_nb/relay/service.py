@@ -202,5 +202,5 @@ def _reply(result: Any) -> Reply:
 def _make_sender(store: Store, transport: Any, batch: int) -> Sender:
     # One relay per store: a fixed lease owner lets a restarted relay (after a crash) send the
     # rows its previous life had leased at once, instead of after the lease runs out.
-    # TODO(relay-transport): envelope batching lands in the sender; --batch is handed to it then.
-    return Sender(store, transport, owner=f"timeback-relay:{socket.gethostname()}:{store.path}")
+    # Up to `batch` events per envelope (a rejected batch is split to isolate the bad event).
+    return Sender(store, transport, owner=f"timeback-relay:{socket.gethostname()}:{store.path}", batch_size=batch)

@@ -1,0 +1,167 @@
+"""Relay ingest: heartbeat requests per second into `timeback-nb relay` (a real process on
+127.0.0.1, standalone tokens, delivering with its sender to the loopback Caliper stand-in),
+from 32 keep-alive clients, each request answered only after its event is committed to the
+relay's outbox (group commit, synchronous=FULL); then p50/p99 latency at a steady 500
+requests/s. The baseline is tornado answering 204 to the same requests with no work, in the
+same run, driven by the same load generator (a separate process).
+
+Correctness, checked afterwards in the relay's store: one outbox row per 204, none twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.loopback import LoopbackServer
+from tests.relay.harness import CONFIG, ROOT, caliper_env
+
+from .results import Bar, Row, median
+
+NAME = "relay_ingest"
+CLIENTS = 32
+BAR_PER_S = 2000
+BAR_RATIO = 0.5
+PACED_RATE = 500
+PATH = "/api/timeback/activity/heartbeat"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIMEBACK_", "JUPYTERHUB_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+def _spawn(command: list[str], env: dict[str, str], ready: Any, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{command[2]} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _load(port: int, seconds: float, rate: float, spec: Path) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.benchmarks.relay_load", str(port), PATH, str(seconds), str(rate), str(spec)],
+        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=seconds * 4 + 60, check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def _spec(folder: Path, t0: int) -> tuple[Path, dict[str, Any]]:
+    clients = [{"token": f"tok-{uuid.uuid4().hex}", "run": str(uuid.uuid4())} for _ in range(CLIENTS)]
+    spec = folder / f"spec-{uuid.uuid4().hex[:6]}.json"
+    spec.write_text(json.dumps({"t0": t0, "clients": clients}))
+    return spec, {"clients": clients}
+
+
+def _http_ready(url: str) -> Any:
+    def ready() -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code in (200, 405)
+        except httpx.TransportError:
+            return False
+
+    return ready
+
+
+def bare(folder: Path, seconds: float) -> float:
+    port = _free_port()
+    process = _spawn([sys.executable, "-m", "tests.benchmarks.bare_endpoint", str(port)], _env(),
+                     _http_ready(f"http://127.0.0.1:{port}{PATH}"), folder / "bare.log")
+    try:
+        spec, _ = _spec(folder, 0)
+        result = _load(port, seconds, 0, spec)
+        assert result["statuses"] == {"204": result["requests"]}, result
+        return result["requests"] / result["seconds"]
+    finally:
+        _stop(process)
+
+
+def relay(folder: Path, seconds: float) -> tuple[float, dict[str, Any]]:
+    """(requests/s flat out, the paced run's result)."""
+    port = _free_port()
+    t0 = time.time_ns() // 1_000_000 - 24 * 3_600_000  # windows far enough back for any run length
+    full_spec, full = _spec(folder, t0)
+    paced_spec, paced = _spec(folder, t0)
+    everyone = full["clients"] + paced["clients"]
+    (folder / "tokens.json").write_text(json.dumps({c["token"]: {"name": f"s{i}"} for i, c in enumerate(everyone)}))
+    (folder / "users.json").write_text(json.dumps({f"s{i}": {"email": f"s{i}@school.edu", "id": f"u-{i}"} for i in range(len(everyone))}))
+    (folder / "timeback.config.json").write_text(json.dumps(CONFIG))
+    store = folder / f"relay-{uuid.uuid4().hex[:6]}.sqlite"
+    with LoopbackServer() as caliper:
+        env = {**_env(), **caliper_env(caliper), "TIMEBACK_CONFIG": str(folder / "timeback.config.json")}
+        command = [sys.executable, "-m", "timeback_nb.relay", "--port", str(port), "--store", str(store),
+                   "--tokens", str(folder / "tokens.json"), "--users", str(folder / "users.json"), "--log-level", "WARNING"]
+        process = _spawn(command, env, _http_ready(f"http://127.0.0.1:{port}/api/timeback/health"), folder / "relay.log")
+        try:
+            flat = _load(port, seconds, 0, full_spec)
+            steady = _load(port, seconds, PACED_RATE, paced_spec)
+        finally:
+            _stop(process)
+    for result in (flat, steady):
+        assert result["statuses"] == {"204": result["requests"]}, result
+    with sqlite3.connect(store) as db:
+        rows, distinct = db.execute("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM outbox").fetchone()
+    assert rows == distinct == flat["requests"] + steady["requests"], (rows, distinct, flat, steady)
+    return flat["requests"] / flat["seconds"], steady
+
+
+def run(quick: bool) -> list[Row]:
+    reps, seconds = (1, 2.0) if quick else (3, 6.0)
+    rates, bares, ratios, p50s, p99s = [], [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(reps):
+            folder = Path(tmp) / f"rep{rep}"
+            folder.mkdir()
+            baseline = bare(folder, seconds)
+            rate, steady = relay(folder, seconds)
+            bares.append(baseline)
+            rates.append(rate)
+            ratios.append(rate / baseline)
+            p50s.append(steady["p50_ms"])
+            p99s.append(steady["p99_ms"])
+            print(f"  rep {rep + 1}/{reps}: relay {rate:.0f}/s, bare tornado {baseline:.0f}/s, "
+                  f"at {PACED_RATE}/s p50 {steady['p50_ms']:.2f} ms p99 {steady['p99_ms']:.2f} ms", file=sys.stderr, flush=True)
+    note = (f"{CLIENTS} keep-alive clients, each a student streaming its own run; every 204 followed a "
+            "commit of the event to the relay's outbox (group commit, synchronous=FULL); store checked: "
+            "one row per 204, no id twice")
+    return [
+        Row(NAME, f"heartbeats/s, {CLIENTS} clients, durable before reply", rates, Bar("at_least", BAR_PER_S),
+            f"≥ {BAR_PER_S:,}/s", baseline=median(bares), baseline_text="bare tornado 204, same load", digits=0,
+            notes=[note]),
+        Row(NAME, "relay / bare endpoint, throughput", ratios, Bar("at_least", BAR_RATIO), f"≥ {BAR_RATIO}×", digits=2),
+        Row(NAME, f"p50 latency at {PACED_RATE} req/s, ms", p50s, Bar("report"), "reported", digits=2),
+        Row(NAME, f"p99 latency at {PACED_RATE} req/s, ms", p99s, Bar("report"), "reported", digits=2),
+    ]
