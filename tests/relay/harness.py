@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -86,12 +87,19 @@ class InProcessRelay:
         options.setdefault("users", files["users"])
         self.options = RelayOptions(store=home / "relay.sqlite", tokens=files["tokens"], environ=env, **options)
         self.relay = Relay(self.options, wall_ms=lambda: self.now).start()
+        # The relay's own loop, on a thread of its own (the test's thread may have a loop running).
+        self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self.loop.run_forever, name="relay-test-loop", daemon=True)
+        self._loop_thread.start()
+
+    def call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
 
     def post(self, route: str, body: Any, token: str | None = "tok-alice", *, raw: bytes | None = None) -> tuple[int, Any]:
         data = raw if raw is not None else json.dumps(body).encode()
         auth = None if token is None else f"token {token}"
         handler = self.relay.heartbeat if route == "heartbeat" else self.relay.submit
-        return asyncio.run(handler(auth, data))
+        return self.call(handler(auth, data))
 
     def restart(self) -> None:
         self.relay.stop()
@@ -102,6 +110,9 @@ class InProcessRelay:
 
     def close(self) -> None:
         self.relay.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._loop_thread.join(5)
+        self.loop.close()
 
 
 class RelayProcess:
@@ -165,6 +176,16 @@ class RelayProcess:
                 self.kill()
             self.process = None
         self.client.close()
+
+
+def delivered_events(caliper: LoopbackServer) -> list[dict[str, Any]]:
+    """Every event the Caliper stand-in stored, once each, in arrival order."""
+    with caliper.lock:
+        stored = [(event_id, caliper.stored[event_id]) for event_id in caliper.stored_ids]
+    events = []
+    for event_id, body in stored:
+        events += [event for event in json.loads(body)["data"] if event["id"] == event_id]
+    return events
 
 
 def new_run() -> str:

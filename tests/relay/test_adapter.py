@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -134,18 +135,14 @@ def test_malformed_json_and_non_object_bodies(relay: InProcessRelay) -> None:
 
 @pytest.mark.parametrize("authorization", [None, "", "tok-alice", "Basic dG9rLWFsaWNl", "token tok-nobody", "Bearer "])
 def test_without_a_valid_token_401_before_the_body_is_read(relay: InProcessRelay, authorization: str | None) -> None:
-    import asyncio
-
-    status, reply = asyncio.run(relay.relay.heartbeat(authorization, b"not even json"))
+    status, reply = relay.call(relay.relay.heartbeat(authorization, b"not even json"))
     assert (status, reply) == (401, {"error": {"code": "UNAUTHORIZED", "message": "Unauthorized"}})
 
 
 def test_both_token_schemes_are_accepted(relay: InProcessRelay) -> None:
-    import asyncio
-
     for i, header in enumerate(("token tok-alice", "Bearer tok-alice", "bearer tok-alice")):
         body = heartbeat_body(new_run(), START - 3_600_000 + i * 15_000)
-        status, _ = asyncio.run(relay.relay.heartbeat(header, __import__("json").dumps(body).encode()))
+        status, _ = relay.call(relay.relay.heartbeat(header, json.dumps(body).encode()))
         assert status == 204, header
 
 

@@ -126,6 +126,10 @@ def test_caliper_down_kernels_still_get_204_and_events_arrive_later(relay: Relay
     _wait(lambda: len(caliper.stored_ids) == 5, 40, "the queued events after the outage")
     health = relay.client.get(relay.url + "/health").json()
     assert (health["queued"], health["delivered"]) == (0, 5)
+    # The relay batches by default: what queued up went out in one envelope.
+    with caliper.lock:
+        sizes = [len(r.event_ids) for r in caliper.received if r.event_ids]
+    assert max(sizes) == 5
 
 
 def test_the_relay_log_holds_no_secret_and_no_token(relay: RelayProcess) -> None:

@@ -187,4 +187,4 @@ class Directory:
             raise AdapterError(502, "INTERNAL_ERROR", str(exc)) from None
         except ConfigError as exc:
             status = 409 if "several" in str(exc) else 404
-            raise AdapterError(status, "USER_RESOLUTION_FAILED", str(exc)) from None
+            raise AdapterError(status, "USER_RESOLUTION_FAILED", f"{exc} (or give it in the relay's --users)") from None
