@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..config import ResolvedCourse, TimebackConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, ValidationError
 from ..records import ActivityRef, Completion, TimeWindow
 from ..validation import DATETIME_PATTERN, REQUEST_SUBJECTS, iso_to_epoch_ms
-from ..errors import ValidationError
 
 __all__ = [
     "AdapterError",

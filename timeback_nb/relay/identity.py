@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -142,7 +141,6 @@ class Directory:
                 f"--email-template: {email_template!r} has no {{name}}; e.g. '{{name}}@school.edu'",
                 field="--email-template",
             )
-        self._known: dict[str, tuple[Student, float]] = {}
 
     @classmethod
     def from_file(cls, settings: Settings, store: Store, path: Path | None, email_template: str | None) -> Directory:
@@ -169,16 +167,12 @@ class Directory:
         return email, None
 
     async def student(self, name: str) -> Student:
-        known = self._known.get(name)
-        if known is not None and known[1] > time.monotonic():
-            return known[0]
+        """The student `name` is; a OneRoster lookup runs off the event loop (and its answer
+        is remembered in the store, as the kernel's is)."""
         email, user_id = self.email_of(name)
         if user_id is None:
             user_id = await asyncio.get_running_loop().run_in_executor(None, self._look_up, email)
-        student = Student(email, user_id)
-        # Remembered for a day: a roster change is picked up without a restart.
-        self._known[name] = (student, time.monotonic() + 86400)
-        return student
+        return Student(email, user_id)
 
     def _look_up(self, email: str) -> str:
         try:
