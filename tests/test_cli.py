@@ -273,6 +273,10 @@ def test_events_json_prints_each_envelope_exactly_as_stored(env: Path, capsys: p
     [
         (["events", "--state", "lost"], "invalid choice: 'lost'"),
         (["events", "--limit", "-1"], "expected an integer >= 0, got '-1'"),
+        (["flush", "--timeout", "nan"], "--timeout: expected a number of seconds from 0 to 86400, got nan"),
+        (["flush", "--timeout", "-1"], "--timeout: expected a number of seconds from 0 to 86400, got -1.0"),
+        (["flush", "--timeout", "1e400"], "--timeout: expected a number of seconds from 0 to 86400, got inf"),
+        (["flush", "--timeout", "soon"], "--timeout: expected a number of seconds, got 'soon'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         ([], "required: COMMAND"),
     ],

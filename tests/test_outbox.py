@@ -10,7 +10,8 @@ from typing import Callable
 import pytest
 
 from timeback_nb.config import Settings
-from timeback_nb.outbox import Backoff, Sender, get_sender, stop_senders
+from timeback_nb.errors import TimebackError
+from timeback_nb.outbox import Backoff, HeldOutbox, Sender, get_sender, stop_senders
 from timeback_nb.store import Store
 from timeback_nb.transport import CaliperTransport, LocalTransport, Outcome
 
@@ -242,6 +243,18 @@ def test_flush_returns_at_the_timeout_with_what_is_still_queued(store: Store, se
     assert sender.flush(0.3) == {"delivered": 0, "queued": 3, "rejected": 0}
     assert 0.3 <= time.monotonic() - start < 2.0
     assert sender.last_error == "[503] down"
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("-inf"), float("inf"), -1, 10**400, None])
+@pytest.mark.bad_input
+def test_flush_refuses_a_timeout_that_is_no_duration_and_sends_nothing(store: Store, senders, timeout: object) -> None:
+    fill(store, 1)
+    transport = ScriptedTransport()
+    for sender in (senders(store, transport), HeldOutbox(store)):
+        with pytest.raises(TimebackError, match="^timeout: expected a number of seconds from 0 to 86400") as info:
+            sender.flush(timeout)  # type: ignore[arg-type]
+        assert info.value.field == "timeout"
+    assert transport.ids == [] and store.counts()["queued"] == 1
 
 
 def test_flush_cuts_a_long_retry_delay_short(store: Store, senders) -> None:

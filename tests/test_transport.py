@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from timeback_nb.errors import ConfigError, DeliveryError
+from timeback_nb.errors import ConfigError, DeliveryError, TimebackError
 from timeback_nb.store import Store
 from timeback_nb.transport import (
     CaliperTransport,
@@ -131,6 +131,14 @@ def test_credentials_are_required() -> None:
         CaliperTransport("https://c.example/e", "https://a.example/t", "", CLIENT_SECRET)
     with pytest.raises(ConfigError, match="^TIMEBACK_CLIENT_SECRET: required"):
         CaliperTransport("https://c.example/e", "https://a.example/t", CLIENT_ID, "")
+
+
+@pytest.mark.parametrize("timeout", [0, -1, 0.001, float("nan"), float("inf"), 10**400, True, "10"])
+@pytest.mark.bad_input
+def test_a_timeout_that_is_no_usable_duration_is_refused_by_name(timeout: object) -> None:
+    with pytest.raises(TimebackError, match=r"^timeout: expected a number of seconds from 0.1 to 600") as info:
+        CaliperTransport("https://c.example/e", "https://a.example/t", CLIENT_ID, CLIENT_SECRET, timeout=timeout)  # type: ignore[arg-type]
+    assert info.value.field == "timeout"
 
 
 def test_tls_verification_is_on_and_close_is_idempotent() -> None:

@@ -20,6 +20,7 @@ from .validation import (
     validate_activity_id,
     validate_course_selector,
     validate_ended_at,
+    validate_flush_timeout,
     validate_interval,
     validate_metrics,
     validate_name,
@@ -157,6 +158,7 @@ def record(
     activity_name = validate_name(name)
     selector = None if course is None else validate_course_selector(course)
     checked = validate_metrics(metrics)
+    wait = validate_flush_timeout(timeout)
     explicit_run_id = None if run_id is None else validate_run_id(run_id)
     ended = validate_ended_at(ended_at) if ended_at is not None else _now_iso()
     context = _resolve(config, selector, validate_user(user))
@@ -166,7 +168,7 @@ def record(
     context.delivery.emit(Completion(ref, session, ended, checked))
     if session is not None:
         store.close_run(session, ended)
-    return context.sender.flush(timeout)
+    return context.sender.flush(wait)
 
 
 def flush(timeout: float = 10.0) -> dict[str, int]:
@@ -174,8 +176,9 @@ def flush(timeout: float = 10.0) -> dict[str, int]:
     from .config import Settings
     from .outbox import get_sender
 
+    wait = validate_flush_timeout(timeout)
     settings = Settings.from_env()
-    return get_sender(settings, _store(settings.store_path), start=False).flush(timeout)
+    return get_sender(settings, _store(settings.store_path), start=False).flush(wait)
 
 
 # -- wiring --------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from .config import (
 )
 from .errors import TimebackError
 from .store import STATES, Store
+from .validation import validate_flush_timeout
 
 __all__ = ["main"]
 
@@ -101,7 +102,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Deliver the queued events now; exit status 1 if some are still queued.",
     )
     flush.add_argument(
-        "--timeout", type=float, default=10.0, metavar="S", help="give up after S seconds (10)"
+        "--timeout", type=_flush_timeout, default=10.0, metavar="S", help="give up after S seconds (10)"
     )
     flush.set_defaults(handler=_flush)
 
@@ -127,6 +128,17 @@ def _build_parser() -> argparse.ArgumentParser:
     # Listed for --help; main() hands `relay ...` to timeback_nb.relay before parsing.
     commands.add_parser("relay", help="the relay service for JupyterHub: holds the credentials, kernels post to it")
     return parser
+
+
+def _flush_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--timeout: expected a number of seconds, got {text!r}") from None
+    try:
+        return validate_flush_timeout(value, "--timeout")
+    except TimebackError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _non_negative_int(text: str) -> int:

@@ -28,6 +28,7 @@ from .config import unknown_transport
 from .errors import invalid
 from .store import Row, Store
 from .transport import CaliperTransport, LocalTransport, Outcome, Transport
+from .validation import validate_flush_timeout
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -161,7 +162,7 @@ class Sender:
         out), cutting backoff delays short (not a server's Retry-After); return when none of it
         is queued any more, or after `timeout` s. The counts cover the rows that were in the
         outbox when flush was called: delivered or rejected since then, and still queued."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + validate_flush_timeout(timeout)
         last = self.store.last_seq()
         before = self.store.counts(max_seq=last)
         self._expedite = True
@@ -386,6 +387,7 @@ class HeldOutbox:
         self.wake()
 
     def flush(self, timeout: float = 10.0) -> dict[str, int]:
+        validate_flush_timeout(timeout)
         return {"delivered": 0, "queued": self.store.counts()["queued"], "rejected": 0}
 
 

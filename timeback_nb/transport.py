@@ -28,6 +28,7 @@ import httpx
 from . import events
 from .config import check_endpoint
 from .errors import ConfigError, DeliveryError
+from .validation import validate_seconds
 
 if TYPE_CHECKING:
     from .store import Store
@@ -38,6 +39,8 @@ TOKEN_EARLY_REFRESH_S = 60.0  # refetch this long before the token expires (§1.
 DEFAULT_TOKEN_LIFETIME_S = 3600.0
 MAX_REASON_CHARS = 300
 MAX_RETRY_AFTER_S = 3600.0  # a broken Retry-After must not park the outbox for days
+MIN_TIMEOUT_S = 0.1  # below this no request over a real network can finish
+MAX_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,7 @@ class CaliperTransport:
             raise ConfigError(
                 "TIMEBACK_CLIENT_SECRET: required for the caliper transport", field="TIMEBACK_CLIENT_SECRET"
             )
-        self.timeout = timeout
+        self.timeout = validate_seconds(timeout, "timeout", low=MIN_TIMEOUT_S, high=MAX_TIMEOUT_S)
         self._basic = _Secret("Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii"))
         self._secret = _Secret(client_secret)
         self._clock = clock
