@@ -9,6 +9,11 @@ it refuses a whole envelope with 400 when any event in it is one the test `refus
     with LoopbackServer() as server:
         server.script(Fault.status(503), Fault.drop_after_store())
         transport = CaliperTransport(server.event_url, server.token_url, CLIENT_ID, CLIENT_SECRET)
+
+Hostile replies for the hardening tests: `Fault.rate_limited("0")` (any Retry-After text),
+`Fault.echo_auth()` (an error body that repeats the request's credentials in every encoding a
+careless server might), `Fault.dribble()` (a reply trickling out one byte at a time), and
+short-lived tokens (`LoopbackServer(token_lifetime=2)`; `token_requests` counts fetches).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 CLIENT_ID = "nb-client-7f3a"
 CLIENT_SECRET = "s3cr3t-Vq9Zx2Lk8Pw4-never-shown"
@@ -33,7 +38,7 @@ USERS_PATH = "/ims/oneroster/rostering/v1p2/users"
 class Fault:
     """What the event endpoint does with one request instead of storing it and replying 200."""
 
-    kind: str  # "pass" | "status" | "drop_after_store" | "slow" | "revoke_token"
+    kind: str  # "pass" | "status" | "drop_after_store" | "slow" | "revoke_token" | "echo_auth" | "dribble"
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: str = ""
@@ -58,6 +63,24 @@ class Fault:
     def slow(cls, seconds: float) -> Fault:
         """Store the event, then answer only after `seconds` (longer than the client waits)."""
         return cls("slow", seconds=seconds)
+
+    @classmethod
+    def rate_limited(cls, retry_after: str, status: int = 429) -> Fault:
+        """`status` with this exact `Retry-After` text ("0", "-5", "soon", an HTTP date...)."""
+        return cls.reply(status, {"message": "slow down"}, {"Retry-After": retry_after})
+
+    @classmethod
+    def echo_auth(cls, status: int = 500) -> Fault:
+        """Reply `status` with an error body that repeats the request's Authorization header,
+        its decoded Basic credentials, and the client secret URL-encoded (as a server that
+        logs the form it got would)."""
+        return cls("echo_auth", status=status)
+
+    @classmethod
+    def dribble(cls, every: float = 0.5, *, status: int = 200, headers_too: bool = False) -> Fault:
+        """Store the event, then send the reply one byte every `every` s (the status line and
+        headers too with `headers_too`): each read gets a byte in time, the whole never ends."""
+        return cls("dribble", status=status, seconds=every, headers={"headers_too": "1"} if headers_too else {})
 
     @classmethod
     def revoke_token(cls) -> Fault:
@@ -192,7 +215,9 @@ class LoopbackServer:
             fault = self._token_faults.popleft() if self._token_faults else None
         if self.token_delay:
             self._stopping.wait(self.token_delay)
-        if fault is not None:
+        if fault is not None and fault.kind == "echo_auth":
+            return handler.reply(fault.status, self._echo(auth))
+        if fault is not None and fault.kind == "status":
             return handler.reply(fault.status, fault.body, fault.headers)
         if auth != expected:
             return handler.reply(401, json.dumps({"error": "invalid_client"}))
@@ -205,7 +230,22 @@ class LoopbackServer:
         payload: dict[str, Any] = {"access_token": token, "token_type": "Bearer"}
         if self.token_lifetime is not None:
             payload["expires_in"] = self.token_lifetime
+        if fault is not None and fault.kind == "dribble":
+            return handler.dribble(self._stopping, fault, json.dumps(payload))
         handler.reply(200, json.dumps(payload))
+
+    def _echo(self, auth: str) -> str:
+        """What a careless server puts in an error body: the credentials it was sent, as sent,
+        decoded, and URL-encoded the ways a form logger shows them."""
+        decoded = ""
+        if auth.startswith("Basic "):
+            try:
+                decoded = base64.b64decode(auth[len("Basic ") :]).decode("utf-8", "replace")
+            except ValueError:
+                decoded = "?"
+        secret = self.client_secret
+        form = f"client_secret={quote_plus(secret)}&raw={quote(secret, safe='')}&lower={quote(secret, safe='').lower()}"
+        return json.dumps({"message": f"bad request: Authorization: {auth}; credentials {decoded}; form {form}"})
 
     def _authorized(self, handler: _Handler) -> bool:
         auth = handler.headers.get("Authorization", "")
@@ -248,6 +288,11 @@ class LoopbackServer:
                 self._stopping.wait(self.delay)
             if fault is not None and fault.kind == "status":
                 return handler.reply(fault.status, fault.body, fault.headers)
+            if fault is not None and fault.kind == "echo_auth":
+                auth = handler.headers.get("Authorization", "")
+                token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
+                echo = json.loads(self._echo(auth))["message"] + f"; token={quote(token, safe='')}"
+                return handler.reply(fault.status, json.dumps({"message": echo}))
             if not self._authorized(handler):
                 return handler.reply(401, json.dumps({"message": "invalid token"}))
             if not event_ids:
@@ -264,6 +309,8 @@ class LoopbackServer:
                 return None
             if fault is not None and fault.kind == "slow":
                 self._stopping.wait(fault.seconds)
+            if fault is not None and fault.kind == "dribble":
+                return handler.dribble(self._stopping, fault, json.dumps({"jobId": secrets.token_hex(4)}))
             handler.reply(200, json.dumps({"duplicate": True} if not new else {"jobId": secrets.token_hex(4)}))
         finally:
             with self.lock:
@@ -298,6 +345,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def dribble(self, stopping: threading.Event, fault: Fault, body: str) -> None:
+        """Send a complete reply one byte every `fault.seconds` (until the client hangs up)."""
+        data = body.encode("utf-8")
+        head = (
+            f"HTTP/1.1 {fault.status} OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        ).encode("ascii")
+        if not fault.headers.get("headers_too"):
+            self.wfile.write(head)
+            head = b""
+        self.close_connection = True
+        try:
+            for i in range(len(head + data)):
+                self.wfile.write((head + data)[i : i + 1])
+                self.wfile.flush()
+                if stopping.wait(fault.seconds):
+                    return
+        except OSError:  # the client gave up: what the test wants
+            return
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
