@@ -9,6 +9,7 @@ from typing import Callable
 
 import pytest
 
+from timeback_nb.clock import host_now
 from timeback_nb.config import Settings
 from timeback_nb.errors import TimebackError
 from timeback_nb.outbox import Backoff, HeldOutbox, Sender, get_sender, stop_senders
@@ -81,12 +82,13 @@ def fill(store: Store, n: int, run: str | None = "r1", prefix: str = "e") -> lis
 # -- backoff ----------------------------------------------------------------------------------------
 
 
-def test_backoff_is_capped_exponential_with_full_jitter() -> None:
+def test_backoff_is_capped_exponential_with_jitter_in_the_upper_half() -> None:
     b = Backoff(base=0.5, cap=30.0)
     assert [b.delay(n, lambda: 1.0) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
     assert b.delay(7, lambda: 1.0) == 30.0 and b.delay(50, lambda: 1.0) == 30.0
-    assert b.delay(3, lambda: 0.0) == 0.0
-    assert b.delay(3, lambda: 0.25) == 0.5
+    assert b.delay(10**6, lambda: 1.0) == 30.0  # no OverflowError after very many attempts
+    assert b.delay(3, lambda: 0.0) == 1.0  # never zero: at least half the step
+    assert b.delay(3, lambda: 0.5) == 1.5
 
 
 # -- lifecycle ------------------------------------------------------------------------------------
@@ -245,7 +247,7 @@ def test_flush_returns_at_the_timeout_with_what_is_still_queued(store: Store, se
     assert sender.last_error == "[503] down"
 
 
-@pytest.mark.parametrize("timeout", [float("nan"), float("-inf"), float("inf"), -1, 10**400, None])
+@pytest.mark.parametrize("timeout", [float("nan"), float("-inf"), float("inf"), -1, pytest.param(10**400, id="10**400"), None])
 @pytest.mark.bad_input
 def test_flush_refuses_a_timeout_that_is_no_duration_and_sends_nothing(store: Store, senders, timeout: object) -> None:
     fill(store, 1)
@@ -290,7 +292,7 @@ def test_flush_counts_only_what_was_queued_when_it_was_called(store: Store, send
 
 def test_flush_waits_out_a_dead_kernels_lease(store: Store, senders) -> None:
     fill(store, 2)
-    store.lease("dead-kernel", time.time(), 0.4, 10)  # then it was killed
+    store.lease("dead-kernel", host_now(), 0.4, 10)  # then it was killed
     transport = ScriptedTransport()
     start = time.monotonic()
     assert senders(store, transport).flush(5)["delivered"] == 2
@@ -317,14 +319,14 @@ def test_a_slow_send_keeps_its_lease_and_stop_releases_the_rest(tmp_path: Path, 
         wait_for(lambda: store.events()[0]["attempts"] == 0 and sender._held != [])
         deadline = time.monotonic() + 1.8  # three lease lengths
         while time.monotonic() < deadline:
-            assert other.lease("other-kernel", time.time(), 15, 10) == []
+            assert other.lease("other-kernel", host_now(), 15, 10) == []
             time.sleep(0.05)
         stopping = threading.Thread(target=sender.stop)
         stopping.start()
         time.sleep(0.05)
         gate.set()
         stopping.join(5)
-        assert [r.event_id for r in other.lease("other-kernel", time.time(), 15, 10)] == ["e1", "e2"]
+        assert [r.event_id for r in other.lease("other-kernel", host_now(), 15, 10)] == ["e1", "e2"]
     assert store.counts()["delivered"] == 1
     store.close()
 

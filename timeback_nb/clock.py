@@ -2,12 +2,20 @@
 
 A run takes one `WallAnchor` at its start and stamps every instant as anchor + monotonic
 offset, so a wall-clock jump during the run changes no duration and no window length.
+
+Delivery decisions that several processes share through the store (leases, retry delays, a
+server's Retry-After) are timed on `host_now`, the host's monotonic clock: every process on the
+machine reads the same clock (CLOCK_MONOTONIC on Linux, mach_absolute_time on macOS,
+QueryPerformanceCounter on Windows), and setting the wall clock does not move it. A store file
+is only ever shared on one host (SQLite's WAL needs shared memory), and `host_boot_id` tells a
+reboot, after which the clock starts again from zero.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +34,26 @@ class SystemClock:
 
     def wall_ms(self) -> int:
         return time.time_ns() // 1_000_000
+
+
+def host_now() -> float:
+    """Seconds on the host's monotonic clock (the same in every process of this boot)."""
+    return time.monotonic()
+
+
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def host_boot_id() -> str:
+    """Names this boot of the host, so a store can tell `host_now` readings of an earlier boot.
+
+    Linux says so itself; elsewhere the boot time (wall clock minus monotonic clock), rounded
+    so that drift does not change it: there a wall-clock step of more than ~10 minutes also
+    reads as a new boot, which only frees leases early (a receiver drops the replay)."""
+    try:
+        return _BOOT_ID.read_text(encoding="ascii").strip()
+    except OSError:
+        return f"boot@{round((time.time() - time.monotonic()) / 1000)}"
 
 
 def format_elapsed(ms: int) -> str:

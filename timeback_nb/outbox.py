@@ -2,10 +2,17 @@
 
 One daemon thread per (store, endpoint) in a process. It leases rows from the store, sends them
 oldest first, and marks each one delivered, rejected (parked with the reason), or queued again
-with a retry delay: capped exponential backoff with full jitter per row, or the server's
-`Retry-After`. A failed attempt pauses the whole sender for that delay, because an outage or a
+with a retry delay: capped exponential backoff with jitter per row (never less than half the
+step, so never zero), or the server's `Retry-After` when it asks for longer. A `Retry-After` of
+0, negative, unreadable or already past gets the backoff step: no reply makes the sender hammer
+the endpoint. A failed attempt pauses the whole sender for that delay, because an outage or a
 rate limit concerns the endpoint, not one event. `flush()` cuts the backoff short (someone is
-waiting), never a `Retry-After` (the endpoint asked for it). Leases are renewed by a small keeper thread
+waiting), never a `Retry-After` (the endpoint asked for it): that hold is kept on the row in the
+store, so every process's sender, `flush()`, `record()` and `timeback-nb flush` honour it.
+
+Every delivery decision is timed on the host's monotonic clock (`store.host_now`), which all
+processes on one machine share and which setting the wall clock does not move: a clock step
+neither expires a lease in flight nor parks a row for the size of the step. Leases are renewed by a small keeper thread
 while a send is in flight, so a slow endpoint never lets another kernel send the same row at
 the same time; a killed kernel stops renewing, and its rows are free again once the lease ends.
 """
@@ -20,10 +27,12 @@ import random
 import socket
 import threading
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from .clock import host_now
 from .config import unknown_transport
 from .errors import invalid
 from .store import Row, Store
@@ -46,14 +55,15 @@ MAX_BATCH_SIZE = 1000  # events in one envelope; a request stays well under a me
 
 @dataclass(frozen=True)
 class Backoff:
-    """Capped exponential backoff with full jitter: uniform(0, min(cap, base * 2**(n-1)))."""
+    """Capped exponential backoff with "equal" jitter: uniform(step/2, step) for the step
+    min(cap, base * 2**(n-1)). The jitter spreads kernels apart; the floor keeps it from zero."""
 
     base: float = 0.5
     cap: float = 30.0
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
-        ceiling = min(self.cap, self.base * 2.0 ** max(attempt - 1, 0))
-        return ceiling * rand()
+        step = min(self.cap, self.base * 2.0 ** min(max(attempt - 1, 0), 64))
+        return step * (0.5 + 0.5 * rand())
 
 
 def _check_batch_size(value: object) -> int:
@@ -86,6 +96,7 @@ class Sender:
         batch_size: int = 1,
         on_status: Callable[[Status], None] | None = None,
         rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = host_now,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -98,12 +109,13 @@ class Sender:
         self.last_error: str | None = None
         self._error_passes = False  # last_error was a retry: the next delivery clears it
         self._rand = rand
+        self._clock = clock  # seconds on the host's monotonic clock (injectable for tests)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._changed = threading.Condition()
         self._expedite = False
-        self._pause_until = 0.0  # our own backoff after a failure (a flush cuts it short)
-        self._hold_until = 0.0  # the endpoint's Retry-After (honoured even by a flush)
+        self._pause_until = 0.0  # our own backoff after a failure (a flush cuts it short), on _clock
+        self._hold_until = 0.0  # the endpoint's Retry-After (honoured even by a flush), on _clock
         self._held: list[int] = []  # leased seqs not yet finished (renewed by the keeper)
         self._held_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -198,7 +210,7 @@ class Sender:
                 self._wake.clear()
 
     def _sleep(self) -> None:
-        now = time.time()
+        now = self._clock()
         paused = max(self._pause_until, self._hold_until)
         if paused > now:
             timeout = paused - now
@@ -215,8 +227,8 @@ class Sender:
         if self._expedite:
             self._expedite = False
             self._pause_until = 0.0
-            self.store.expedite(time.time())
-        now = time.time()
+            self.store.expedite(self._clock())
+        now = self._clock()
         if max(self._pause_until, self._hold_until) > now:
             self._report()  # woken while waiting out a retry: what was just queued still shows
             return False
@@ -272,8 +284,10 @@ class Sender:
             else:
                 outcome = self.transport.send_batch([(r.event_id, r.body) for r in rows])  # type: ignore[attr-defined]
         except Exception as exc:  # a transport bug must not kill the sender or lose the rows
-            log.exception("timeback sender: transport raised on %s", rows[0].event_id)
-            outcome = Outcome.retry(None, f"{type(exc).__name__}: {exc}")
+            redact = getattr(self.transport, "redact", str)  # the message may quote the endpoint
+            trace = redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            log.error("timeback sender: transport raised on %s\n%s", rows[0].event_id, trace)
+            outcome = Outcome.retry(None, redact(f"{type(exc).__name__}: {exc}"))
         if outcome.status == "rejected" and len(rows) > 1:
             log.info("timeback: a batch of %d events was rejected (%s); splitting it", len(rows), outcome.reason)
             half = len(rows) // 2
@@ -293,21 +307,29 @@ class Sender:
             self.store.mark_rejected(row.seq, outcome.reason or "rejected")
             self._set_error(outcome.reason, passes=False)
             return True
-        now = time.time()
-        if outcome.after_s is not None:
-            delay = outcome.after_s
+        now = self._clock()
+        delay, held = self._retry_delay(outcome, rows[0].attempts + 1)
+        if held:
             self._hold_until = now + delay
         else:
-            delay = self.backoff.delay(rows[0].attempts + 1, self._rand)
             self._pause_until = now + delay
         for row in rows:
-            self.store.mark_retry(row.seq, outcome.reason or "retry", now + delay, owner=self.owner)
+            self.store.mark_retry(row.seq, outcome.reason or "retry", now + delay, owner=self.owner, hold=held)
         self._set_error(outcome.reason, passes=True)
         log.info(
             "timeback event %s%s not delivered (%s); next try in %.2f s",
             rows[0].event_id, f" and {len(rows) - 1} more" if len(rows) > 1 else "", outcome.reason, delay,
         )
         return False
+
+    def _retry_delay(self, outcome: Outcome, attempt: int) -> tuple[float, bool]:
+        """How long to wait after a failed attempt, and whether the endpoint asked for it (a
+        hold no flush cuts short). Never less than our own backoff step: a Retry-After of 0,
+        negative, unreadable or in the past is no reason to send again at once."""
+        step = self.backoff.delay(attempt, self._rand)
+        if outcome.after_s is not None and outcome.after_s > step:
+            return outcome.after_s, True
+        return step, False
 
     def _keep_leases(self) -> None:
         period = self.lease_seconds / 3
@@ -316,7 +338,7 @@ class Sender:
                 held = list(self._held)
             if held:
                 try:
-                    self.store.renew(self.owner, held, time.time(), self.lease_seconds)
+                    self.store.renew(self.owner, held, self._clock(), self.lease_seconds)
                 except Exception as exc:
                     log.debug("lease renewal failed: %s", exc)
 

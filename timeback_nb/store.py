@@ -11,7 +11,13 @@ Outbox rows are *leased*: a sender claims rows for `lease_seconds` (renewing whi
 so two kernels never send the same row at once, and a killed kernel's rows are taken over
 once its lease runs out. Rows of one run are handed out in `seq` order only: a row is never
 claimed while an older queued row of the same run is held by someone else or waiting out a
-retry delay.
+retry delay. A row may also carry a *hold* (`hold_until`): the endpoint's Retry-After, which
+every process honours and no flush cuts short.
+
+Lease ends, retry delays and holds are readings of the host's monotonic clock
+(`clock.host_now`), passed in by the caller as `now`, so a wall-clock step changes none of
+them. The store remembers which boot of the host wrote them (`clock.host_boot_id`); opened
+after a reboot, it frees every lease and hold of the earlier boot, whose clock meant nothing.
 
 No secret or token is ever written here; bodies are the events exactly as sent.
 """
@@ -28,11 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .clock import host_boot_id
 from .errors import ConfigError, StateError, invalid
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 STATES = ("queued", "delivered", "rejected")
 
@@ -91,6 +98,13 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN stateful INTEGER NOT NULL DEFAULT 1;
     """,
+    # Lease ends and delays move from the wall clock to the host's monotonic clock (the old
+    # values mean nothing there: free them); a row keeps the endpoint's Retry-After as a hold.
+    """
+    ALTER TABLE outbox ADD COLUMN hold_until REAL;
+    UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE state = 'queued';
+    CREATE TABLE host (boot_id TEXT NOT NULL);
+    """,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -109,8 +123,12 @@ class Row:
 
 def _free(alias: str) -> str:
     """SQL: the row is free for :owner: nobody holds it (or the lease or retry delay ran out),
-    or :owner itself holds it. `IS` because lease_owner is NULL for rows nobody holds."""
-    return f"({alias}.lease_until IS NULL OR {alias}.lease_until <= :now OR {alias}.lease_owner IS :owner)"
+    or :owner itself holds it; and the endpoint's hold on it, if any, is over. `IS` because
+    lease_owner is NULL for rows nobody holds."""
+    return (
+        f"(({alias}.lease_until IS NULL OR {alias}.lease_until <= :now OR {alias}.lease_owner IS :owner)"
+        f" AND ({alias}.hold_until IS NULL OR {alias}.hold_until <= :now))"
+    )
 
 
 _BLOCKED_BY_OLDER = f"""EXISTS (
@@ -250,6 +268,23 @@ class Store:
                         conn.execute(statement)
             if version != SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._check_boot(conn)
+
+    @staticmethod
+    def _check_boot(conn: sqlite3.Connection) -> None:
+        """Free the leases and holds an earlier boot of the host left: they are readings of a
+        monotonic clock that started again from zero (inside the migration's transaction)."""
+        boot = host_boot_id()
+        row = conn.execute("SELECT boot_id FROM host").fetchone()
+        if row is not None and row[0] == boot:
+            return
+        if row is not None:
+            log.info("store: written before the host restarted; freeing its leases and holds")
+            conn.execute(
+                "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, hold_until = NULL WHERE state = 'queued'"
+            )
+        conn.execute("DELETE FROM host")
+        conn.execute("INSERT INTO host (boot_id) VALUES (?)", (boot,))
 
     # -- runs (stateful runIds) ----------------------------------------------------------------
 
@@ -394,30 +429,35 @@ class Store:
             (state, reason, time.time(), seq),
         )
 
-    def mark_retry(self, seq: int, reason: str, not_before: float, *, owner: str | None = None) -> None:
-        """Count a failed attempt; the row is free again (for anyone) from `not_before` on.
+    def mark_retry(
+        self, seq: int, reason: str, not_before: float, *, owner: str | None = None, hold: bool = False
+    ) -> None:
+        """Count a failed attempt; the row is free again (for anyone) from `not_before` on. With
+        `hold` (the endpoint asked for the wait), no `expedite` cuts that short.
 
         With `owner`, nothing changes if another sender has taken the row over meanwhile."""
         guard = "" if owner is None else " AND (lease_owner IS NULL OR lease_owner = ?)"
         self._write(
             "UPDATE outbox SET attempts = attempts + 1, reason = ?, lease_owner = NULL,"
-            f" lease_until = ?, updated = ? WHERE seq = ? AND state = 'queued'{guard}",
-            (reason, not_before, time.time(), seq) + (() if owner is None else (owner,)),
+            f" lease_until = ?, hold_until = ?, updated = ? WHERE seq = ? AND state = 'queued'{guard}",
+            (reason, not_before, not_before if hold else None, time.time(), seq) + (() if owner is None else (owner,)),
         )
 
     def expedite(self, now: float) -> int:
-        """Cut short the retry delays of queued rows nobody holds (for an explicit flush)."""
+        """Cut short the retry delays of queued rows nobody holds (for an explicit flush); an
+        endpoint's hold stays."""
         return self._write(
             "UPDATE outbox SET lease_until = NULL WHERE state = 'queued' AND lease_owner IS NULL AND lease_until > ?",
             (now,),
         )
 
     def next_due(self, now: float) -> float | None:
-        """None when nothing is queued; else the earliest moment after `now` at which a lease or
-        retry delay of a queued row ends (`now` itself when none is running)."""
+        """None when nothing is queued; else the earliest moment after `now` at which a lease,
+        retry delay or hold of a queued row ends (`now` itself when none is running)."""
         [(count, until)] = self._query(
-            "SELECT COUNT(*), MIN(CASE WHEN lease_until > ? THEN lease_until END) FROM outbox WHERE state = 'queued'",
-            (now,),
+            "SELECT COUNT(*), MIN(CASE WHEN MAX(COALESCE(lease_until, 0), COALESCE(hold_until, 0)) > :now"
+            " THEN MAX(COALESCE(lease_until, 0), COALESCE(hold_until, 0)) END) FROM outbox WHERE state = 'queued'",
+            {"now": now},
         )
         if count == 0:
             return None

@@ -7,7 +7,10 @@ it returns `Outcome.retry(...)` for 429, 5xx, timeouts and connection errors, an
 sender keeps the event queued and tries again later (design §6).
 
 The client secret and access tokens live only in `_Secret` holders: they never appear in a
-repr, a log line, an exception message or an `Outcome` reason.
+repr, a log line, an exception message or an `Outcome` reason. Text from the endpoint (error
+bodies, exception messages) passes through a `Redactor` that masks every encoding of them.
+Every send has one overall deadline, `timeout`, from the token request to the last byte of
+the reply (`deadline`), so a server that dribbles its reply cannot hold a send (and its lease).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import httpx
 
 from . import events
 from .config import check_endpoint
+from .deadline import deadline, enforce_deadlines, time_left
 from .errors import ConfigError, DeliveryError
+from .redaction import Redactor
 from .validation import validate_seconds
 
 if TYPE_CHECKING:
@@ -35,8 +40,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TOKEN_EARLY_REFRESH_S = 60.0  # refetch this long before the token expires (§1.3)
+# A token is refetched shortly before it expires: a tenth of its lifetime before, at most 60 s
+# (§1.3), so a 30 s token is reused for 27 s rather than fetched for every event.
+TOKEN_EARLY_REFRESH_SHARE = 0.1
+TOKEN_EARLY_REFRESH_S = 60.0
 DEFAULT_TOKEN_LIFETIME_S = 3600.0
+MAX_TOKEN_LIFETIME_S = 86_400.0
 MAX_REASON_CHARS = 300
 MAX_RETRY_AFTER_S = 3600.0  # a broken Retry-After must not park the outbox for days
 MIN_TIMEOUT_S = 0.1  # below this no request over a real network can finish
@@ -139,6 +148,20 @@ def retry_after_seconds(value: str | None, *, now: float | None = None) -> float
     return min(max(delta, 0.0), MAX_RETRY_AFTER_S)
 
 
+def _lifetime(expires_in: object) -> float:
+    """A token's `expires_in` in seconds: the default when absent or not a positive number,
+    at most a day (a huge or infinite value must not pin one token forever)."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)):
+        return DEFAULT_TOKEN_LIFETIME_S
+    try:
+        seconds = float(expires_in)
+    except OverflowError:  # an integer like 10**400
+        return MAX_TOKEN_LIFETIME_S
+    if seconds != seconds or seconds <= 0:  # NaN, zero or negative
+        return DEFAULT_TOKEN_LIFETIME_S
+    return min(seconds, MAX_TOKEN_LIFETIME_S)
+
+
 def error_message(response: httpx.Response) -> str:
     """`[<status>] <message>` per protocol reference §1.6."""
     text = response.text
@@ -161,8 +184,9 @@ class _TokenUnavailable(Exception):
 class CaliperTransport:
     """POSTs events to `event_url` with a bearer token from `token_url` (client credentials).
 
-    `client` (an `httpx.Client`) may be injected; it is then the caller's to close. The token is
-    cached until 60 s before it expires; threads share one in-flight token request.
+    `client` (an `httpx.Client`) may be injected; it is then the caller's to close, and keeps
+    httpx's per-operation timeouts unless it was passed to `enforce_deadlines`. The token is
+    cached until shortly before it expires; threads share one in-flight token request.
     """
 
     def __init__(
@@ -186,13 +210,17 @@ class CaliperTransport:
             )
         self.timeout = validate_seconds(timeout, "timeout", low=MIN_TIMEOUT_S, high=MAX_TIMEOUT_S)
         self._basic = _Secret("Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii"))
-        self._secret = _Secret(client_secret)
+        self.redact = Redactor()
+        self.redact.add_credentials(client_id, client_secret)
         self._clock = clock
         self._token: _Secret | None = None
         self._token_expires = 0.0
         self._token_lock = threading.Lock()
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=timeout, verify=True)
+        if client is None:
+            client = httpx.Client(timeout=self.timeout, verify=True)
+            enforce_deadlines(client)
+        self._client = client
         self._closed = False
 
     def __repr__(self) -> str:
@@ -214,23 +242,29 @@ class CaliperTransport:
     # -- token ---------------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        """Remove anything secret from text that came from outside (a server may echo it)."""
-        for secret in (self._secret, self._token):
-            if secret is not None and secret.reveal():
-                text = text.replace(secret.reveal(), "***")
-        return text[:MAX_REASON_CHARS]
+        """Text that came from outside (a server may echo credentials), masked, then cut short
+        (in that order: a cut could leave the start of a secret unrecognised)."""
+        return self.redact(text)[:MAX_REASON_CHARS]
 
     def _bearer(self) -> tuple[_Secret, str]:
-        """The cached token, or a fresh one (one request at a time; the others wait for it)."""
-        with self._token_lock:
+        """The cached token, or a fresh one (one request at a time; the others wait for it,
+        within the request's deadline)."""
+        left = time_left()
+        if not self._token_lock.acquire(timeout=self.timeout if left is None else max(left, 0.0)):
+            raise _TokenUnavailable(f"token endpoint: another request for a token took over {self.timeout:g} s")
+        try:
             token = self._token
             if token is not None and self._clock() < self._token_expires:
                 return token, f"Bearer {token.reveal()}"
             self._token = None
+            asked = self._clock()  # the lifetime runs from (at the latest) the moment we asked
             token, lifetime = self._fetch_token()
             self._token = token
-            self._token_expires = self._clock() + max(lifetime - TOKEN_EARLY_REFRESH_S, 0.0)
+            margin = min(lifetime * TOKEN_EARLY_REFRESH_SHARE, TOKEN_EARLY_REFRESH_S)
+            self._token_expires = asked + lifetime - margin
             return token, f"Bearer {token.reveal()}"
+        finally:
+            self._token_lock.release()
 
     def _fetch_token(self) -> tuple[_Secret, float]:
         try:
@@ -240,6 +274,8 @@ class CaliperTransport:
                 headers={"Authorization": self._basic.reveal(), "Accept": "application/json"},
                 timeout=self.timeout,
             )
+        except httpx.TimeoutException as exc:
+            raise _TokenUnavailable(f"token endpoint: timeout after {self.timeout:g} s ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
             raise _TokenUnavailable(f"token endpoint: {type(exc).__name__}: {self._scrub(str(exc))}") from None
         if response.status_code != 200:
@@ -251,12 +287,8 @@ class CaliperTransport:
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             raise _TokenUnavailable("token endpoint: the reply has no access_token") from None
-        expires_in = payload.get("expires_in")
-        lifetime = (
-            float(expires_in)
-            if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool) and expires_in > 0
-            else DEFAULT_TOKEN_LIFETIME_S
-        )
+        self.redact.add_token(token)
+        lifetime = _lifetime(payload.get("expires_in"))
         log.debug("fetched an access token from %s (lifetime %.0f s)", self.token_url, lifetime)
         return _Secret(token), lifetime
 
@@ -285,9 +317,12 @@ class CaliperTransport:
         Raises DeliveryError when no token can be had or the request fails."""
         check_endpoint(url, "TIMEBACK_ONEROSTER_URL")
         try:
-            return self._authorized("GET", url, params=params, headers={"Accept": "application/json"})
+            with deadline(self.timeout):
+                return self._authorized("GET", url, params=params, headers={"Accept": "application/json"})
         except _TokenUnavailable as exc:
             raise DeliveryError(str(exc)) from None
+        except httpx.TimeoutException as exc:
+            raise DeliveryError(f"GET {url}: timeout after {self.timeout:g} s ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
             raise DeliveryError(f"GET {url}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
 
@@ -316,7 +351,8 @@ class CaliperTransport:
             "X-Request-ID": request_id(event_id),
         }
         try:
-            response = self._authorized("POST", self.event_url, content=content, headers=headers)
+            with deadline(self.timeout):
+                response = self._authorized("POST", self.event_url, content=content, headers=headers)
         except _TokenUnavailable as exc:
             return Outcome.retry(None, str(exc))
         except httpx.TimeoutException as exc:
