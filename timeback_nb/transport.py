@@ -33,7 +33,7 @@ from .config import check_endpoint
 from .deadline import deadline, enforce_deadlines, time_left
 from .errors import ConfigError, DeliveryError
 from .redaction import Redactor
-from .validation import validate_seconds
+from .validation import validate_timeout
 
 if TYPE_CHECKING:
     from .store import Store
@@ -208,7 +208,7 @@ class CaliperTransport:
             raise ConfigError(
                 "TIMEBACK_CLIENT_SECRET: required for the caliper transport", field="TIMEBACK_CLIENT_SECRET"
             )
-        self.timeout = validate_seconds(timeout, "timeout", low=MIN_TIMEOUT_S, high=MAX_TIMEOUT_S)
+        self.timeout = validate_timeout(timeout, "timeout", low=MIN_TIMEOUT_S, high=MAX_TIMEOUT_S)
         self._basic = _Secret("Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii"))
         self.redact = Redactor()
         self.redact.add_credentials(client_id, client_secret)

@@ -163,28 +163,6 @@ def _positive_seconds(value: Any, field: str) -> float:
     return float(value)
 
 
-def validate_seconds(value: Any, field: str, *, low: float, high: float) -> float:
-    """A duration in seconds from `low` to `high` (both allowed). Refuses bools, NaN, infinities
-    and integers too large for a float (``10**400``) by name, never with an OverflowError."""
-    number: float | None = None
-    if _is_number(value):
-        try:
-            number = float(value)
-        except (OverflowError, ValueError):
-            number = None
-    if number is None or not math.isfinite(number) or not low <= number <= high:
-        raise invalid(field, f"expected a number of seconds from {low:g} to {high:g}, got {_show(value)}")
-    return number
-
-
-MAX_FLUSH_TIMEOUT_S = 86_400.0
-
-
-def validate_flush_timeout(value: Any, field: str = "timeout") -> float:
-    """How long `flush`/`record` wait: 0 (one look, no waiting) up to a day."""
-    return validate_seconds(value, field, low=0.0, high=MAX_FLUSH_TIMEOUT_S)
-
-
 def validate_interval(heartbeat_interval: Any, abandon_after: Any) -> tuple[float, float]:
     """Heartbeat period and abandonment cut-off in seconds; abandon_after ≥ heartbeat_interval."""
     interval = _positive_seconds(heartbeat_interval, "heartbeat_interval")
@@ -360,3 +338,28 @@ def _email(value: Any, field: str) -> str:
             field, f"expected an email address such as 'student@example.edu', got {_show(value)}"
         )
     return text
+
+
+# -- timeouts (flush, record, a transport's requests) ---------------------------------------------
+
+
+def validate_timeout(value: Any, field: str, *, low: float, high: float) -> float:
+    """A timeout in seconds from `low` to `high` (both allowed). Refuses bools, NaN, infinities
+    and integers too large for a float (``10**400``) by name, never with an OverflowError."""
+    number: float | None = None
+    if _is_number(value):
+        try:
+            number = float(value)
+        except (OverflowError, ValueError):
+            number = None
+    if number is None or not math.isfinite(number) or not low <= number <= high:
+        raise invalid(field, f"expected a number of seconds from {low:g} to {high:g}, got {_show(value)}")
+    return number
+
+
+MAX_FLUSH_TIMEOUT_S = 86_400.0
+
+
+def validate_flush_timeout(value: Any, field: str = "timeout") -> float:
+    """How long `flush`/`record` wait: 0 (one look, no waiting) up to a day."""
+    return validate_timeout(value, field, low=0.0, high=MAX_FLUSH_TIMEOUT_S)
