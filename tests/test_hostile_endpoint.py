@@ -51,12 +51,14 @@ def test_an_odd_retry_after_still_backs_off_at_least_the_normal_step(tmp_path: P
         with CaliperTransport(server.event_url, server.token_url, CLIENT_ID, server.client_secret) as transport:
             sender = Sender(store, transport, backoff=backoff).start()
             try:
-                time.sleep(1.0)
+                wait_for(lambda: len(server.received) >= 2)
+                time.sleep(max(0.0, server.received[0].at + 1.5 - time.time()))
             finally:
                 sender.stop(5)
-        times = [r.at for r in server.received]
-    # Before the fix: ~500 requests a second. Steps 0.2, 0.4, 0.8 s, each at least half taken.
-    assert 2 <= len(times) <= 4
+        times = [r.at for r in server.received if r.at <= server.received[0].at + 1.5]
+    # Before the fix: ~500 requests a second. Steps 0.2, 0.4, 0.8 s, each at least half taken,
+    # so at most five requests in the first 1.5 s (the fifth not before 1.5 s).
+    assert 2 <= len(times) <= 5
     for n, (a, b) in enumerate(zip(times, times[1:]), start=1):
         assert b - a >= backoff.base * 2 ** (n - 1) / 2 * 0.95
 

@@ -127,9 +127,9 @@ def test_a_wall_clock_step_does_not_expire_a_lease_in_flight(tmp_path: Path, wal
     fill(a_store, 2)
     gate = threading.Event()
     a_transport = ScriptedTransport(lambda: Outcome.delivered() if gate.wait(10) else Outcome.retry(None, "x"))
-    a = Sender(a_store, a_transport, owner="kernel-a", lease_seconds=0.6).start()
+    a = Sender(a_store, a_transport, owner="kernel-a", lease_seconds=3).start()
     b_transport = ScriptedTransport()
-    b = Sender(b_store, b_transport, owner="kernel-b", lease_seconds=0.6, backoff=Backoff(0.02, 0.05))
+    b = Sender(b_store, b_transport, owner="kernel-b", lease_seconds=3, backoff=Backoff(0.02, 0.05))
     try:
         wait_for(lambda: a_transport.ids == ["e0"])
         wall.step(step)
