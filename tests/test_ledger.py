@@ -275,3 +275,21 @@ def test_page_reports_with_the_idle_rule_are_validated() -> None:
     ):
         with pytest.raises(ValidationError, match=field):
             parse_page_report({**base, **bad})
+
+
+def test_pages_showing_counts_present_pages_that_show_the_notebook() -> None:
+    ledger = Ledger(start=0, interval_ms=10_000, ping_ms=1_000, settle_ms=1_000)
+    assert ledger.pages_showing == 0
+    a, b, c = Tab(ledger, "a"), Tab(ledger, "b"), Tab(ledger, "c")
+    a.send("transition", True, 0)
+    b.send("transition", True, 100)
+    c.send("transition", False, 200)  # open, but not showing it
+    assert ledger.pages_showing == 2
+    b.send("transition", False, 1_000)
+    assert ledger.pages_showing == 1
+    b.send("transition", True, 1_500)
+    b.send("bye", False, 2_000)  # closed
+    assert ledger.pages_showing == 1
+    a.send("ping", True, 2_500)
+    ledger.advance(8_000)  # kernel idle: a has been silent long enough to be gone
+    assert ledger.pages_showing == 0

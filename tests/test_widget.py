@@ -33,6 +33,7 @@ class FakeActivity:
             "lastError": "",
             "activityName": "Linear functions",
             "idleAfterMs": 0,
+            "pagesShowing": 1,
             "runId": "3f2504e0-4f89-41d3-9a0c-0305e82c3301",
             "nextPingMs": 1500,
             **overrides,
@@ -184,13 +185,13 @@ def test_initial_traits_come_from_the_snapshot() -> None:
 def test_a_report_updates_the_traits_in_one_message_then_acks() -> None:
     activity = FakeActivity()
     w = TimebackWidget(activity)
-    activity.snap.update(elapsedMs=65_432, state="ended", pendingEvents=3, nextPingMs=700)
+    activity.snap.update(elapsedMs=65_432, state="ended", pendingEvents=3, pagesShowing=2, nextPingMs=700)
     from_page(w, report(seq=7))
     assert activity.received == [report(seq=7)]
-    assert (w.elapsed_ms, w.state, w.pending_events) == (65_432, "ended", 3)
+    assert (w.elapsed_ms, w.state, w.pending_events, w.pages_showing) == (65_432, "ended", 3, 2)
     update, ack = sent(w)
     assert update["method"] == "update"
-    assert update["state"] == {"elapsed_ms": 65_432, "state": "ended", "pending_events": 3}
+    assert update["state"] == {"elapsed_ms": 65_432, "state": "ended", "pending_events": 3, "pages_showing": 2}
     assert ack == {"method": "custom", "content": {"type": "ack", "seq": 7, "nextPingMs": 700}}
 
 
@@ -293,3 +294,9 @@ def test_the_real_activity_accepts_page_reports_and_replies_with_the_contract() 
     from_page(w, report(seq=3, kind="ping", t="soon"))  # malformed: the activity says None
     assert len([m for m in sent(w) if m["method"] == "custom"]) == 2
     assert repr(w) == "Timeback activity 'Linear functions' (Math grade 8), run 3f2504e0: active, 0:04 active, local mode"
+    assert w.pages_showing == 1
+    # A second window shows the notebook: the reply to its report says so to every page.
+    from_page(w, report(seq=1, page="page-b", kind="transition", t=50.0))
+    assert w.pages_showing == 2
+    from_page(w, report(seq=2, page="page-b", kind="transition", visible=False, t=60.0))
+    assert w.pages_showing == 1

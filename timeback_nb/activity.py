@@ -330,6 +330,7 @@ class Activity(HasTraits):
             "lastError": self.last_error or self.notice,
             "activityName": self.name,
             "idleAfterMs": self.idle_after_ms,
+            "pagesShowing": self._ledger.pages_showing,
             "runId": self.run_id,
         }
 

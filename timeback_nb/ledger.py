@@ -319,6 +319,11 @@ class Ledger:
         """Page messages are reaching the kernel while the current cell runs (a subshell)."""
         return self._busy_since is not None and self._live_in_cell
 
+    @property
+    def pages_showing(self) -> int:
+        """Pages present now whose latest report shows the notebook (what the widget tells the student)."""
+        return sum(presence.visible_now for presence in self._present())
+
     def _present(self) -> list[_Presence]:
         return [presences[-1] for presences in self._pages.values() if presences[-1].gone_t is None]
 

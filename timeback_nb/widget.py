@@ -86,6 +86,7 @@ _SHOWN = {
     "last_error": "lastError",
     "activity_name": "activityName",
     "idle_after_ms": "idleAfterMs",
+    "pages_showing": "pagesShowing",
 }
 
 
@@ -104,12 +105,15 @@ class TimebackWidget(anywidget.AnyWidget):
 
     elapsed_ms = traitlets.Int(0, help="Active ms of the run, as of the last page report.").tag(sync=True)
     state = traitlets.Unicode("", help="active, idle, hidden, paused, abandoned or ended.").tag(sync=True)
-    mode = traitlets.Unicode("", help="Where events go: local, caliper or memory.").tag(sync=True)
+    mode = traitlets.Unicode("", help="Where events go: local, caliper, outbox, relay or memory.").tag(sync=True)
     pending_events = traitlets.Int(0, help="Events queued, not yet delivered.").tag(sync=True)
     rejected_events = traitlets.Int(0, help="Events the endpoint refused (kept).").tag(sync=True)
     last_error = traitlets.Unicode("", help="The latest delivery error, secret-free.").tag(sync=True)
     activity_name = traitlets.Unicode("", help="The activity's display name.").tag(sync=True)
     idle_after_ms = traitlets.Int(0, help="The idle rule, applied by the page: ms without input; 0 = off.").tag(sync=True)
+    pages_showing = traitlets.Int(
+        0, help="Pages (windows, tabs) that show the notebook now, counted by the kernel: over 1, the widget says so."
+    ).tag(sync=True)
 
     def __init__(self, activity: PageSide, **kwargs: Any) -> None:
         self._activity = activity

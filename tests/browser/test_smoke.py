@@ -23,7 +23,8 @@ class EchoActivity:
     def snapshot(self):
         return {"elapsedMs": 1000 * len(self.reports), "windowElapsedMs": 0, "state": "active",
                 "mode": "memory", "pendingEvents": 0, "rejectedEvents": 0, "lastError": "",
-                "activityName": "Smoke test", "runId": "00000000-0000-4000-8000-000000000000",
+                "activityName": "Smoke test", "idleAfterMs": 0, "pagesShowing": 1,
+                "runId": "00000000-0000-4000-8000-000000000000",
                 "nextPingMs": 300}
 
     def page_message(self, message):
@@ -52,7 +53,7 @@ def test_page_reports_reach_the_kernel_and_replies_reach_the_page(open_notebook:
     assert {r["kind"] for r in reports[1:]} == {"ping"}
     assert [r["seq"] for r in reports] == list(range(1, len(reports) + 1))
     assert len({r["page"] for r in reports}) == 1
-    assert nb.page.locator(".tbnb-chip").inner_text() == "active · not saved"
+    assert nb.page.locator(".tbnb-chip").inner_text() == "counting · not saved"
 
     hidden_at = len(reports)
     nb.hide()
