@@ -30,19 +30,30 @@ export function newPageId() {
 }
 
 const STATES = ["active", "idle", "hidden", "paused", "abandoned", "ended"];
+const WORDS = ["counting", "idle: not counting", "not counting", "paused", "stopped: away too long", "finished"];
+// outbox mode holds events for the operator to send: saved, not stuck
+const WHERE = { local: "saved on this computer", outbox: "saved on this computer", memory: "not saved",
+  caliper: "sent to Timeback", relay: "sent to Timeback" };
 
-/**
- * Chip text, also spoken: the state, then delivery facts, e.g. "active · local · 3 queued".
- * @param {string} state @param {string} mode @param {number} pending @param {number} rejected
- */
-export function stateLabel(state, mode, pending, rejected) {
-  const parts = [STATES.includes(state) ? state : "connecting"];
-  if (mode === "local") parts.push("local");
-  if (mode === "memory") parts.push("not saved");
-  if (pending > 0) parts.push(mode === "outbox" ? `${pending} held` : `${pending} queued`);
-  if (rejected > 0) parts.push(`${rejected} rejected`);
+/** The chip, for a student (also spoken): "counting · 3 waiting to send". `showing`: the kernel's
+ * count of pages that show the notebook. */
+export function studentLabel(state, mode, pending, rejected, showing) {
+  const parts = [WORDS[STATES.indexOf(state)] ?? "connecting…"];
+  if (showing > 1) parts.push("also open in another window");
+  if (rejected) parts.push(`${rejected} not accepted`);
+  if (pending && mode != "outbox") parts.push(`${pending} waiting to ${mode == "local" ? "save" : "send"}`);
+  else if (!rejected && WHERE[mode]) parts.push(WHERE[mode]);
   return parts.join(" · ");
 }
+
+/** The chip's hover, for an engineer: "active · caliper · 3 queued · 1 rejected · <last error>". */
+export const engineerLabel = (state, mode, pending, rejected, showing, error) =>
+  [state, mode, pending && `${pending} queued`, rejected && `${rejected} rejected`, showing > 1 && `${showing} pages`, error]
+    .filter(Boolean).join(" · ");
+
+/** What is recorded, in plain words. */
+export const recordedText = (mode) => "Recorded: the active and inactive time of this notebook and the results "
+  + `the lesson reports, ${WHERE[mode] ?? "saved"}. Not recorded: keystrokes, code or outputs.`;
 
 /** The chip's colour: rejected, queued, or none (outbox mode holds events on purpose). */
 export function troubleOf(mode, pending, rejected) {

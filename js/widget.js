@@ -1,6 +1,7 @@
 // timeback_nb's page side: initialize (per page) reports whether the page shows the notebook;
-// render (per view) shows time and anchors the page on the view's notebook panel.
-import { buildReport, clampPingDelay, displayedElapsed, formatElapsed, newPageId, stateLabel, troubleOf } from "./format.js";
+// render (per view) shows time (docked at the notebook's edge while scrolled away) and anchors the
+// page on the view's notebook panel.
+import { buildReport, clampPingDelay, displayedElapsed, engineerLabel, formatElapsed, newPageId, recordedText, studentLabel, troubleOf } from "./format.js";
 import { panelOf, showsNotebook, Sight, watchPanel } from "./visibility.js";
 
 /** @typedef {{get(k: string): any, send(m: object): void, on(e: string, f: Function): void,
@@ -95,25 +96,40 @@ color:var(--jp-ui-font-color1,inherit);font:var(--jp-ui-font-size1,13px)/1.7 var
 .tbnb[data-state=active] i{background:var(--jp-brand-color1,#1976d2)}
 .tbnb[data-state=abandoned] i{background:var(--jp-warn-color1,#f57c00)}
 .tbnb[data-state=ended] i{background:var(--jp-success-color1,#388e3c)}
-.tbnb-name{color:var(--jp-ui-font-color2,inherit)}
+.tbnb-name,.tbnb-what{color:var(--jp-ui-font-color2,inherit)}
 .tbnb-time{font-weight:600;font-variant-numeric:tabular-nums}
 .tbnb-chip{padding:0 .5em;border-radius:.7em;font-size:var(--jp-ui-font-size0,11px);background:var(--jp-layout-color3,#8883)}
 .tbnb[data-trouble=queued] .tbnb-chip{color:var(--jp-warn-color0,#e65100)}
 .tbnb[data-trouble=rejected] .tbnb-chip{color:var(--jp-error-color0,#b71c1c)}
-.tbnb-sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}`;
+.tbnb-sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
+.tbnb-what{font-size:var(--jp-ui-font-size0,11px);margin:.2em .7em}
+.tbnb-dock{position:absolute;top:.5em;right:1.5em;z-index:9}`;
 
-/** Elapsed time, ticking locally between kernel updates. @param {{model: Model, el: HTMLElement}} ctx */
+/** Elapsed time, ticking locally between kernel updates; docked at the panel's edge while the
+ * view is scrolled away. @param {{model: Model, el: HTMLElement}} ctx */
 function render({ model, el }) {
   el.innerHTML = `<style>${CSS}</style><div class="tbnb"><i aria-hidden="true"></i><span class="tbnb-name"></span>`
-    + `<span class="tbnb-time" role="timer" aria-label="Active time">0:00</span><span class="tbnb-chip"></span>`
-    + `<span class="tbnb-sr" aria-live="polite"></span></div>`;
-  const root = el.lastElementChild;
-  const [name, time, chip, live] = [...root.children].slice(1);
+    + `<span class="tbnb-time" role="timer" aria-label="Active time"></span><span class="tbnb-chip"></span>`
+    + `<span class="tbnb-sr" aria-live="polite"></span></div><details class="tbnb-what"><summary>What is recorded?</summary><span>`;
+  const [, root, what] = el.children;
+  const [, name, time, chip, live] = root.children;
+  // A copy of dot and time, written by the same tick (a view, not a second count), with its own
+  // <style>: windowed mode takes el's out of the DOM with the cell.
+  const dock = document.createElement("div");
+  dock.className = "tbnb tbnb-dock";
+  dock.innerHTML = `<style>${CSS}</style><i></i><b class="tbnb-time">`;
+  let area; // the notebook's area under its toolbar, remembered: windowed mode may detach el
+  const observer = new IntersectionObserver((entries) => {
+    area = panelOf(el)?.querySelector(".jp-NotebookPanel-notebook") || area;
+    if (entries[entries.length - 1].isIntersecting || !area) dock.remove();
+    else area.append(dock);
+  });
+  observer.observe(el);
   let baseMs = 0;
   let baseAt = 0;
   const tick = () => {
     const text = formatElapsed(displayedElapsed(baseMs, baseAt, performance.now(), model.get("state")));
-    if (time.textContent !== text) time.textContent = text;
+    if (time.textContent !== text) time.textContent = dock.lastChild.textContent = text;
   };
   const resync = () => {
     baseMs = model.get("elapsed_ms");
@@ -121,20 +137,22 @@ function render({ model, el }) {
     tick();
   };
   const status = () => {
-    const [state, pending, rejected] = ["state", "pending_events", "rejected_events"].map((k) => model.get(k));
-    const label = stateLabel(state, model.get("mode"), pending, rejected);
-    root.dataset.state = state;
-    root.dataset.trouble = troubleOf(model.get("mode"), pending, rejected);
+    const facts = ["state", "mode", "pending_events", "rejected_events", "pages_showing"].map((k) => model.get(k));
+    const [state, mode, pending, rejected] = facts;
+    const label = studentLabel(...facts);
+    root.dataset.state = dock.dataset.state = state;
+    root.dataset.trouble = troubleOf(mode, pending, rejected);
     name.textContent = model.get("activity_name");
-    chip.textContent = label;
-    chip.title = model.get("last_error") || label;
+    chip.textContent = dock.title = label;
+    chip.title = engineerLabel(...facts, model.get("last_error"));
+    root.title = what.lastChild.textContent = recordedText(mode);
     // Spoken when the label changes, not every second.
     if (live.textContent !== `Timeback: ${label}`) live.textContent = `Timeback: ${label}`;
   };
   const onState = () => { resync(); status(); };
   model.on("change:elapsed_ms", resync);
   model.on("change:state", onState);
-  for (const key of ["mode", "pending_events", "rejected_events", "last_error", "activity_name"]) {
+  for (const key of ["mode", "pending_events", "rejected_events", "pages_showing", "last_error", "activity_name"]) {
     model.on(`change:${key}`, status);
   }
   onState();
@@ -142,7 +160,13 @@ function render({ model, el }) {
   // Anchor the page's visibility on this view's notebook panel, once Lab has attached the view.
   unplaced.add(el);
   const soon = setTimeout(() => look(), 100);
-  return () => { clearInterval(interval); clearTimeout(soon); unplaced.delete(el); };
+  return () => {
+    clearInterval(interval);
+    clearTimeout(soon);
+    unplaced.delete(el);
+    observer.disconnect();
+    dock.remove();
+  };
 }
 
 export default { initialize, render };

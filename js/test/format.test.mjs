@@ -6,8 +6,10 @@ import {
   clampPingDelay,
   displayedElapsed,
   formatElapsed,
+  engineerLabel,
   newPageId,
-  stateLabel,
+  recordedText,
+  studentLabel,
   troubleOf,
 } from "../format.js";
 
@@ -49,15 +51,58 @@ test("newPageId falls back when crypto.randomUUID is missing", (t) => {
   assert.ok(a.length >= 16, a);
 });
 
-test("stateLabel names the state, then local/memory mode and delivery trouble", () => {
-  assert.equal(stateLabel("active", "caliper", 0, 0), "active");
-  assert.equal(stateLabel("hidden", "local", 0, 0), "hidden · local");
-  assert.equal(stateLabel("paused", "memory", 0, 0), "paused · not saved");
-  assert.equal(stateLabel("active", "caliper", 3, 0), "active · 3 queued");
-  assert.equal(stateLabel("ended", "caliper", 2, 1), "ended · 2 queued · 1 rejected");
-  assert.equal(stateLabel("abandoned", "local", 0, 4), "abandoned · local · 4 rejected");
-  assert.equal(stateLabel("", "caliper", 0, 0), "connecting");
-  assert.equal(stateLabel("active", "outbox", 5, 0), "active · 5 held");
+test("studentLabel says each state in a student's words", () => {
+  const say = (state) => studentLabel(state, "caliper", 0, 0, 1).split(" · ")[0];
+  assert.equal(say("active"), "counting");
+  assert.equal(say("idle"), "idle: not counting");
+  assert.equal(say("hidden"), "not counting");
+  assert.equal(say("paused"), "paused");
+  assert.equal(say("abandoned"), "stopped: away too long");
+  assert.equal(say("ended"), "finished");
+  assert.equal(say(""), "connecting…");
+  assert.equal(say("toString"), "connecting…");
+});
+
+test("studentLabel says where the time goes, and what is waiting or refused", () => {
+  assert.equal(studentLabel("active", "caliper", 0, 0, 1), "counting · sent to Timeback");
+  assert.equal(studentLabel("active", "relay", 0, 0, 1), "counting · sent to Timeback");
+  assert.equal(studentLabel("active", "local", 0, 0, 1), "counting · saved on this computer");
+  assert.equal(studentLabel("paused", "memory", 0, 0, 0), "paused · not saved");
+  assert.equal(studentLabel("active", "caliper", 3, 0, 1), "counting · 3 waiting to send");
+  assert.equal(studentLabel("active", "local", 1, 0, 1), "counting · 1 waiting to save");
+  // outbox mode holds events for the operator on purpose: they are saved, not stuck
+  assert.equal(studentLabel("active", "outbox", 5, 0, 1), "counting · saved on this computer");
+  assert.equal(studentLabel("ended", "caliper", 2, 1, 0), "finished · 1 not accepted · 2 waiting to send");
+  assert.equal(studentLabel("abandoned", "local", 0, 4, 0), "stopped: away too long · 4 not accepted");
+  assert.equal(studentLabel("active", "", 0, 0, 1), "counting");
+});
+
+test("studentLabel says so when another window also shows the notebook", () => {
+  assert.equal(studentLabel("active", "local", 0, 0, 2), "counting · also open in another window · saved on this computer");
+  assert.equal(studentLabel("active", "caliper", 0, 0, 3).split(" · ")[1], "also open in another window");
+  assert.ok(!studentLabel("active", "caliper", 0, 0, 1).includes("another window"));
+  assert.ok(!studentLabel("hidden", "caliper", 0, 0, 0).includes("another window"));
+});
+
+test("engineerLabel keeps the exact facts for the hover: state, mode, counts, pages, error", () => {
+  assert.equal(engineerLabel("active", "caliper", 0, 0, 1, ""), "active · caliper");
+  assert.equal(engineerLabel("hidden", "local", 3, 1, 0, ""), "hidden · local · 3 queued · 1 rejected");
+  assert.equal(engineerLabel("active", "outbox", 5, 0, 1, ""), "active · outbox · 5 queued");
+  assert.equal(engineerLabel("active", "caliper", 0, 0, 2, ""), "active · caliper · 2 pages");
+  assert.equal(engineerLabel("", "caliper", 2, 0, 0, "HTTP 503: retrying"), "caliper · 2 queued · HTTP 503: retrying");
+});
+
+test("recordedText says what is recorded, where it goes, and what is not", () => {
+  for (const mode of ["caliper", "relay", "local", "outbox", "memory", "other"]) {
+    const text = recordedText(mode);
+    assert.match(text, /^Recorded: the active and inactive time of this notebook and the results the lesson reports, /);
+    assert.match(text, /\. Not recorded: keystrokes, code or outputs\.$/);
+  }
+  assert.match(recordedText("caliper"), /, sent to Timeback\./);
+  assert.match(recordedText("relay"), /, sent to Timeback\./);
+  assert.match(recordedText("local"), /, saved on this computer\./);
+  assert.match(recordedText("outbox"), /, saved on this computer\./);
+  assert.match(recordedText("memory"), /, not saved\./);
 });
 
 test("clampPingDelay keeps the kernel's delay within 20..10000 ms, default 2000", () => {

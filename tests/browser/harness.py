@@ -367,6 +367,17 @@ class NotebookPage:
             source,
         ))
 
+    def scroll_to_cell(self, index: int) -> None:
+        """Make cell `index` (negative: from the end) the active one and scroll it into view, as a student does."""
+        self.page.evaluate(
+            f"""(i) => {{ const p = {_PANEL}; const n = i < 0 ? p.content.widgets.length + i : i;
+                 p.content.activeCellIndex = n; void p.content.scrollToItem(n, 'center'); }}""",
+            index,
+        )
+
+    def clear_output(self, index: int) -> None:
+        self.page.evaluate(f"(i) => {{ ({_PANEL}).content.widgets[i].model.outputs.clear(); }}", index)
+
     def output_text(self, index: int) -> str:
         return str(self.page.evaluate(_OUTPUT_TEXT, index) or "")
 
