@@ -33,6 +33,7 @@ BENCHMARKS = (
     "idle",
     "import",
     "drain",
+    "hostile",
     "relay_ingest",
     "memory",
     "widget_js",
