@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,8 @@ class Relay:
         self.store = Store(store_path, synchronous="FULL")
         self.directory = Directory.from_file(self.settings, self.store, options.users, options.email_template)
         self.sender = _make_sender(self.store, make_transport(self.settings, self.store), options.batch)
-        self.journal = Journal(self.store, max_parallel=options.max_parallel, on_commit=lambda n: self.sender.wake())
+        self.nudge = _Nudge(self.sender.wake)
+        self.journal = Journal(self.store, max_parallel=options.max_parallel, on_commit=lambda n: self.nudge.poke())
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self._targets: dict[tuple[Any, ...], Target] = {}
 
@@ -126,10 +128,12 @@ class Relay:
     def start(self) -> Relay:
         self.journal.start()
         self.sender.start()
+        self.nudge.start()
         return self
 
     def stop(self) -> None:
         self.journal.stop()
+        self.nudge.stop()
         self.sender.stop(5.0)
         if self.sender.transport is not None:
             self.sender.transport.close()
@@ -197,6 +201,42 @@ def _reply(result: Any) -> Reply:
     if result == ACCEPTED:
         return 204, None
     return 200, {"duplicate": True}
+
+
+class _Nudge:
+    """Wakes the sender `delay` s after the first commit that needs it, not after every commit:
+    under load it then finds a full envelope's worth of events queued, instead of sending each
+    commit group on its own (one POST, one lease and one mark per group)."""
+
+    def __init__(self, wake: Callable[[], None], delay: float = 0.05) -> None:
+        self._wake = wake
+        self._delay = delay
+        self._poked = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="timeback-relay-nudge", daemon=True)
+            self._thread.start()
+
+    def poke(self) -> None:
+        self._poked.set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._poked.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._poked.wait()
+            if self._stopped.wait(self._delay):
+                break
+            self._poked.clear()
+            self._wake()
 
 
 def _make_sender(store: Store, transport: Any, batch: int) -> Sender:
