@@ -21,16 +21,14 @@ import httpx
 from timeback_nb.clock import iso_utc_ms
 from timeback_nb.relay import Relay, RelayOptions
 
+from ..conftest import CONFIG as KERNEL_CONFIG
 from ..loopback import CLIENT_ID, CLIENT_SECRET, LoopbackServer
 
 ROOT = Path(__file__).resolve().parents[2]
+# The kernel tests' config, with DS-101 synced for production only (the relay runs on staging).
 CONFIG = {
-    "name": "Course Notebooks",
-    "sensor": "https://notebooks.example.org",
-    "courses": [
-        {"subject": "Math", "grade": 8, "ids": {"staging": "c-stg-1", "production": "c-prd-1"}},
-        {"subject": "Other", "courseCode": "DS-101", "ids": {"production": "c-prd-2"}},
-    ],
+    **KERNEL_CONFIG,
+    "courses": [KERNEL_CONFIG["courses"][0], {**KERNEL_CONFIG["courses"][1], "ids": {"production": "c-prd-2"}}],
 }
 TOKENS = {"tok-alice": {"name": "alice"}, "tok-bob": {"name": "bob"}, "tok-carol": {"name": "carol"}}
 USERS = {"alice": {"email": "alice@school.edu", "id": "u-alice"}, "bob": {"email": "bob@school.edu", "id": "u-bob"}}
@@ -85,7 +83,8 @@ class InProcessRelay:
         self.now = NOW
         env = {"TIMEBACK_CONFIG": str(files["config"]), "TIMEBACK_NB_TRANSPORT": "local", **(environ or {})}
         options.setdefault("users", files["users"])
-        self.options = RelayOptions(store=home / "relay.sqlite", tokens=files["tokens"], environ=env, **options)
+        options.setdefault("tokens", files["tokens"])
+        self.options = RelayOptions(store=home / "relay.sqlite", environ=env, **options)
         self.relay = Relay(self.options, wall_ms=lambda: self.now).start()
         # The relay's own loop, on a thread of its own (the test's thread may have a loop running).
         self.loop = asyncio.new_event_loop()

@@ -192,3 +192,29 @@ def test_submit_accepts_what_the_sdk_accepts(relay: InProcessRelay) -> None:
     assert event["generated"]["items"] == [{"type": "xpEarned", "value": -2}]
     assert event["generated"]["extensions"] == {"pctCompleteApp": 100}
     assert event["object"]["process"] is False
+
+
+def test_user_resolution_failures(tmp_path: Path) -> None:
+    """No email for the hub name: 404; several OneRoster users with the email: 409; one: the
+    event's actor, looked up once and remembered in the relay's store."""
+    from ..loopback import LoopbackServer
+    from .harness import caliper_env
+
+    users = [{"email": "carol@school.edu", "sourcedId": "u-c1"}, {"email": "carol@school.edu", "sourcedId": "u-c2"},
+             {"email": "dave@school.edu", "sourcedId": "u-dave"}]
+    with LoopbackServer(users=users) as caliper:
+        tokens = tmp_path / "more-tokens.json"
+        tokens.write_text(json.dumps({"tok-carol": {"name": "carol"}, "tok-dave": {"name": "dave"}, "tok-erin": {"name": "erin smith"}}))
+        relay = InProcessRelay(tmp_path, environ={**caliper_env(caliper), "TIMEBACK_NB_TRANSPORT": "caliper"},
+                               email_template="{name}@school.edu", tokens=tokens)
+        try:
+            status, reply = relay.post("heartbeat", _heartbeat(), token="tok-erin")  # "erin smith@school.edu"
+            assert status == 404 and reply["error"]["code"] == "USER_RESOLUTION_FAILED"
+            status, reply = relay.post("heartbeat", _heartbeat(), token="tok-carol")
+            assert status == 409 and reply["error"]["code"] == "USER_RESOLUTION_FAILED"
+            assert relay.post("heartbeat", heartbeat_body(new_run(), START), token="tok-dave")[0] == 204
+            assert relay.post("heartbeat", heartbeat_body(new_run(), START + 60_000), token="tok-dave")[0] == 204
+            assert relay.outbox()[0]["data"][0]["actor"]["id"].endswith("/users/u-dave")
+            assert len([r for r in caliper.user_requests if "dave" in str(r["query"])]) == 1
+        finally:
+            relay.close()
