@@ -86,6 +86,9 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after_seconds(None) is None
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds("99999999") == 3600.0  # capped
+    assert retry_after_seconds("9" * 400) == 3600.0
+    for odd in ("²", "٣", "+5", "5.5", "-5", "1e3", ""):  # never an exception, and no wait of ours
+        assert retry_after_seconds(odd) is None
     now = 1_700_000_000.0
     assert retry_after_seconds(email.utils.formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30)
     assert retry_after_seconds(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
