@@ -13,6 +13,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
+from timeback_nb.deadline import deadline_client, enforce_deadlines
 from timeback_nb.outbox import Backoff, Sender
 from timeback_nb.redaction import Redactor
 from timeback_nb.store import Store
@@ -150,6 +151,18 @@ def test_a_dribbled_send_gives_its_row_back_within_the_timeout(tmp_path: Path) -
                 assert time.monotonic() - started < 1.0 + 0.5
             finally:
                 sender.stop(5)
+
+
+def test_the_deadline_also_covers_connections_made_through_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # httpx mounts a proxy pool for https://
+    client = deadline_client(5)
+    try:
+        pools = [client._transport._pool, *(m._pool for m in client._mounts.values() if m is not None)]
+        assert len(pools) == 2
+        assert all(type(pool._network_backend).__name__ == "_Backend" for pool in pools)
+        assert enforce_deadlines(client) == 0  # already done: nothing wrapped twice
+    finally:
+        client.close()
 
 
 # -- item 9: tokens are reused for their lifetime ----------------------------------------------------

@@ -6,8 +6,7 @@ lease behind it) for as long as it likes. Here every socket operation of a reque
 the time left until the request's deadline, and none starts after it: the connect, the TLS
 handshake, writing the request and reading the status line, headers and body.
 
-    client = httpx.Client(timeout=10)
-    enforce_deadlines(client)
+    client = deadline_client(10)     # or enforce_deadlines(client) on a fresh one
     with deadline(10.0):
         client.post(...)        # raises httpx.ReadTimeout (or Connect/Write) at 10 s at the latest
 
@@ -107,18 +106,26 @@ class _Backend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+def deadline_client(timeout: float) -> httpx.Client:
+    """A TLS-verifying `httpx.Client` whose requests honour `deadline()` (a transport's own)."""
+    client = httpx.Client(timeout=timeout, verify=True)
+    enforce_deadlines(client)
+    return client
+
+
 def enforce_deadlines(client: httpx.Client) -> int:
     """Make `client` honour `deadline()`; returns how many connection pools now do. Call it
     before the client's first request (existing connections keep the unbounded backend)."""
     transports: list[Any] = [client._transport, *client._mounts.values()]  # noqa: SLF001 - see module doc
-    wrapped = 0
+    wrapped = bounded = 0
     for transport in transports:
         pool = getattr(transport, "_pool", None)
         backend = getattr(pool, "_network_backend", None)
         if isinstance(backend, httpcore.NetworkBackend) and not isinstance(backend, _Backend):
             pool._network_backend = _Backend(backend)  # type: ignore[union-attr]
             wrapped += 1
-    if wrapped == 0:
+        bounded += isinstance(getattr(pool, "_network_backend", None), _Backend)
+    if bounded == 0:
         log.warning("timeback: this httpx/httpcore has no seam for an overall request deadline")
     return wrapped
 

@@ -43,12 +43,16 @@ class Redactor:
     def __repr__(self) -> str:
         return "Redactor(<secrets>)"
 
+    def add_secret(self, secret: str) -> None:
+        """A secret for the transport's lifetime (a client secret, a fixed API token)."""
+        with self._lock:
+            self._fixed |= encodings(secret)
+            self._pattern = None
+
     def add_credentials(self, client_id: str, client_secret: str) -> None:
         """The client secret, and the `Basic` header value built from it (in all its forms)."""
-        basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
-        with self._lock:
-            self._fixed |= encodings(client_secret) | encodings(basic)
-            self._pattern = None
+        self.add_secret(client_secret)
+        self.add_secret(base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii"))
 
     def add_token(self, token: str) -> None:
         """An access token; the last `KEPT_TOKENS` are remembered."""

@@ -30,7 +30,7 @@ import httpx
 
 from . import events
 from .config import check_endpoint
-from .deadline import deadline, enforce_deadlines, time_left
+from .deadline import deadline, deadline_client, time_left
 from .errors import ConfigError, DeliveryError
 from .redaction import Redactor
 from .validation import validate_timeout
@@ -217,10 +217,7 @@ class CaliperTransport:
         self._token_expires = 0.0
         self._token_lock = threading.Lock()
         self._owns_client = client is None
-        if client is None:
-            client = httpx.Client(timeout=self.timeout, verify=True)
-            enforce_deadlines(client)
-        self._client = client
+        self._client = client if client is not None else deadline_client(self.timeout)
         self._closed = False
 
     def __repr__(self) -> str:
