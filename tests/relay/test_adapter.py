@@ -218,3 +218,15 @@ def test_user_resolution_failures(tmp_path: Path) -> None:
             assert len([r for r in caliper.user_requests if "dave" in str(r["query"])]) == 1
         finally:
             relay.close()
+
+
+def test_a_hub_that_does_not_answer_is_a_502_the_kernel_retries(relay: InProcessRelay) -> None:
+    """Not a 401: a kernel gives up on nothing because the hub was restarting."""
+    from timeback_nb.relay.identity import HubTokens
+
+    from ..browser.harness import free_port
+
+    hub = HubTokens(f"http://127.0.0.1:{free_port()}/hub/api", "service-token")
+    with pytest.raises(AdapterError) as caught:
+        relay.call(hub.name("a-student-token"))
+    assert (caught.value.status, caught.value.code) == (502, "INTERNAL_ERROR")

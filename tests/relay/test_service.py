@@ -119,13 +119,13 @@ def test_caliper_down_kernels_still_get_204_and_events_arrive_later(relay: Relay
     run, t0 = new_run(), _past(5)
     for i in range(5):
         assert relay.post("heartbeat", heartbeat_body(run, t0 + i * 15_000)).status_code == 204
-    _wait(lambda: caliper.received, 10, "a delivery attempt")
+    health = _wait(lambda: (h := relay.client.get(relay.url + "/health").json())["lastError"] and h, 20, "a failed delivery")
+    assert health["queued"] == 5 and "503" in health["lastError"]
     assert caliper.stored_ids == []
-    assert relay.client.get(relay.url + "/health").json()["queued"] == 5
     caliper.outage(0)
     _wait(lambda: len(caliper.stored_ids) == 5, 40, "the queued events after the outage")
     health = relay.client.get(relay.url + "/health").json()
-    assert (health["queued"], health["delivered"]) == (0, 5)
+    assert (health["queued"], health["accepted"], health["lastError"]) == (0, 5, None)
     # The relay batches by default: what queued up went out in one envelope.
     with caliper.lock:
         sizes = [len(r.event_ids) for r in caliper.received if r.event_ids]

@@ -96,8 +96,8 @@ class Journal:
         self._queue: queue.SimpleQueue[tuple[Item, asyncio.Future[Result]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._owners: dict[str, str] = {}  # run → user, as committed (this is the store's only writer)
-        self.groups = 0  # commits made (for /health and the benchmark)
-        self.committed = 0  # items judged
+        self.groups = 0  # commits made
+        self.accepted = 0  # events committed since this start (for /health)
         with store.transaction() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -161,15 +161,15 @@ class Journal:
         self._owners.update(claimed)
         if len(self._owners) > 200_000:  # a cache, not the record: the store has them all
             self._owners.clear()
+        enqueued = sum(result == ACCEPTED for result in results)
         self.groups += 1
-        self.committed += len(group)
+        self.accepted += enqueued
         futures = [future for _, future in group]
         loop = futures[0].get_loop()
         try:
             loop.call_soon_threadsafe(_settle, futures, results)
         except RuntimeError:  # the loop is closed: the service is stopping
             return
-        enqueued = sum(result == ACCEPTED for result in results)
         if enqueued and self.on_commit is not None:
             self.on_commit(enqueued)
 
