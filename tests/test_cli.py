@@ -236,7 +236,7 @@ def test_events_table_newest_first_with_the_reason_for_a_reject(
     completion, rejected, delivered = lines[1:]
     assert completion.startswith("3    queued")
     assert "completed" in completion and "Linear functions" in completion
-    assert "xp 8, 4/5 correct, mastered 1, 100% complete" in completion
+    assert "8 XP, 4/5 correct, 1 unit mastered, 100% complete" in completion
     assert RUN[:8] in completion
     assert rejected.startswith("2    rejected")
     assert "active 15.0 s" in rejected

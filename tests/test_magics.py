@@ -13,7 +13,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
 import timeback_nb
-from timeback_nb import magics
+from timeback_nb import api, magics
 from timeback_nb.magics import Command, TimebackMagics, parse_line
 from timeback_nb.store import Store
 
@@ -210,6 +210,40 @@ def test_unload_ext_leaves_the_name_when_the_user_rebound_it(shell: InteractiveS
     assert shell.user_ns["timeback_nb"] == 42
 
 
+def test_a_timeback_error_in_a_cell_is_one_line_until_unload(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    slot_before = (shell.custom_exceptions, shell.CustomTB)
+    shell.run_line_magic("load_ext", "timeback_nb")
+    result = shell.run_cell('timeback_nb.record(id="x", name="X", metrics={"xpEarned": -1})')
+    assert isinstance(result.error_in_exec, timeback_nb.ValidationError)
+    out = capsys.readouterr().out
+    assert out == "ValidationError: metrics.xpEarned: expected a finite number ≥ 0, got -1\n"
+    shell.run_cell("1 / 0")  # any other exception keeps its traceback
+    assert "Traceback" in capsys.readouterr().out
+
+    shell.run_line_magic("unload_ext", "timeback_nb")
+    assert (shell.custom_exceptions, shell.CustomTB) == slot_before
+    shell.run_cell('import timeback_nb; timeback_nb.record(id="x", name="X", metrics={"xpEarned": -1})')
+    assert "Traceback" in capsys.readouterr().out
+
+
+def test_a_custom_exception_handler_that_was_there_keeps_its_exceptions(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def theirs(shell: InteractiveShell, etype: type, value: BaseException, tb: object, tb_offset: object = None) -> list[str]:
+        print(f"theirs: {value}")
+        return [str(value)]
+
+    shell.set_custom_exc((KeyError,), theirs)
+    handler = shell.CustomTB
+    shell.run_line_magic("load_ext", "timeback_nb")
+    shell.run_cell("raise KeyError('k')")
+    assert capsys.readouterr().out == "theirs: 'k'\n"
+    shell.run_cell('timeback_nb.record(id="x", name="X", metrics={})')
+    assert capsys.readouterr().out.startswith("ValidationError: metrics.xpEarned")
+    shell.run_line_magic("unload_ext", "timeback_nb")
+    assert shell.custom_exceptions == (KeyError,) and shell.CustomTB is handler
+
+
 def test_unload_puts_back_a_timeback_magic_that_was_there_before(shell: InteractiveShell) -> None:
     def users_own(line: str) -> str:
         return f"mine: {line}"
@@ -330,8 +364,9 @@ def test_a_refused_command_is_one_line_on_stderr_and_the_activity_runs_on(
 
 
 def test_commands_without_a_running_activity_say_how_to_start_one(
-    local: Path, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+    local: Path, shell: InteractiveShell, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(api, "_current", None)  # a fresh kernel: nothing started yet
     for command in ("status", "pause", "resume", "end --xp 1"):
         out, err = _run(shell, capsys, f"%timeback {command}")
         assert out == ""
@@ -350,7 +385,7 @@ def test_time_off_and_a_one_line_end(local: Path, shell: InteractiveShell, capsy
     activity = shell.run_line_magic("timeback", "start quiz --name Quiz --code DS-101 --no-time")
     assert activity.track_time is False
     out, _ = _run(shell, capsys, "%timeback end --xp 3")
-    assert out.startswith("quiz: ended")
+    assert out == "Ended 'Quiz': 0:00 active; 3 XP (saved on this computer).\n"
     _wait_finished(activity)
     timeback_nb.flush(timeout=5)
     with Store(local / "store.sqlite3") as store:

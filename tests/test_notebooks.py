@@ -246,6 +246,6 @@ def test_demo_runs_top_to_bottom(workdir: Path, tmp_path: Path) -> None:
     flushed = _text(_cell(executed, "flush"))
     assert "'queued': 0" in flushed and "'rejected': 0" in flushed  # nothing left to deliver
     listing = _text(_cell(executed, "events"))  # `timeback-nb events` run from the notebook
-    assert "completed" in listing and "xp 5, 3/4 correct, mastered 0, 25% complete" in listing
+    assert "completed" in listing and "5 XP, 3/4 correct, 0 units mastered, 25% complete" in listing
     (completion,) = [e for e in _delivered(tmp_path / "store.sqlite") if e["type"] == "ActivityEvent"]
     assert completion["object"]["activity"]["name"] == "Timeback demo"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from typing import Any, Callable
 
 import pytest
 
+from timeback_nb import validation
 from timeback_nb.errors import TimebackError, ValidationError
 from timeback_nb.validation import (
     CALIPER_SUBJECTS,
@@ -222,3 +224,21 @@ def test_user_forms() -> None:
     assert validate_user("student@example.edu") == {"email": "student@example.edu", "id": None}
     assert validate_user({"email": "s@example.edu"}) == {"email": "s@example.edu", "id": None}
     assert validate_user({"email": "s@example.edu", "id": "u-123", }) == {"email": "s@example.edu", "id": "u-123"}
+
+
+def test_a_pct_complete_that_looks_like_a_fraction_is_kept_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(validation, "_fraction_warned", False)
+    with pytest.warns(UserWarning, match=r"pctComplete is a percentage 0–100; did you mean 75\?"):
+        assert validate_metrics({"xpEarned": 1, "pctComplete": 0.75})["pctComplete"] == 0.75
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process: no second warning
+        assert validate_metrics({"xpEarned": 1, "pctComplete": 1})["pctComplete"] == 1
+        # Not fractions: 0, and anything above 1.
+        assert validate_metrics({"xpEarned": 1, "pctComplete": 0})["pctComplete"] == 0
+    monkeypatch.setattr(validation, "_fraction_warned", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for pct in (0, 1.5, 40, 100):
+            validate_metrics({"xpEarned": 1, "pctComplete": pct})
+    with pytest.warns(UserWarning, match=r"did you mean 100\?"):
+        validate_metrics({"xpEarned": 1, "pctComplete": 1})

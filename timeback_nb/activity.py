@@ -19,7 +19,7 @@ from .clock import Clock, SystemClock, WallAnchor, format_elapsed
 from .errors import StateError, ValidationError
 from .heartbeat import Heartbeat
 from .ledger import Ledger, Window, parse_page_report
-from .records import ActivityRef, Completion, Sink, TimeWindow
+from .records import ActivityRef, Completion, Sink, TimeWindow, results_text
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ NO_PAGE_NOTICE = (
     "(is the notebook open in a browser with the widget displayed?)"
 )
 END_WAIT_SECONDS = 3.0  # the most end() waits for reports still on their way over a live comm
+# Where a mode's events are once end() has handed them on, in the end cell's confirmation line.
+WHERE_EVENTS_GO = {"local": "saved on this computer", "outbox": "queued for delivery", "memory": "kept in memory"}
 
 
 class Activity(HasTraits):
@@ -84,6 +86,10 @@ class Activity(HasTraits):
         self._no_page_deadline = None if no_page_notice_after is None else now + round(no_page_notice_after * 1000)
         self.notice = ""
         self._shell: Any = None
+        self.widget: Any = None  # the TimebackWidget start() displayed, if any
+        self.widget_cell: int | None = None  # the execution count of the cell that displayed it
+        self._end_note: Any = None  # the end cell's confirmation line (an IPython DisplayHandle)
+        self._in_ipython = False  # begun in an IPython shell: end() shows a line in its cell
         self._heartbeat = Heartbeat(self._tick, name=f"timeback-heartbeat-{ref.id}")
         self.set_trait("run_id", run_id)
         self.set_trait("started_at", self._anchor.iso(now))
@@ -115,6 +121,18 @@ class Activity(HasTraits):
         return None if end is None else self._anchor.iso(end)
 
     @property
+    def results(self) -> Mapping[str, Any] | None:
+        """The metrics `end(metrics)` recorded (validated), None before or after a plain `end()`."""
+        completion = self._completion
+        return None if completion is None else completion.metrics
+
+    def summary(self) -> str:
+        """One line: active time and what was recorded, e.g. "0:40 active; 12 XP, 8/10 correct"."""
+        results = self.results
+        what = results_text(results) if results else ("time only, no results" if self.ended else "running")
+        return f"{format_elapsed(self.snapshot()['elapsedMs'])} active; {what}"
+
+    @property
     def finished(self) -> bool:
         """Ended, and every record (final windows, completion) has been handed on."""
         return self._finished.is_set()
@@ -125,6 +143,7 @@ class Activity(HasTraits):
         """Start the heartbeat thread; follow the kernel's cells when running in IPython."""
         if shell is not None and self._shell is None:
             self._shell = shell
+            self._in_ipython = True
             shell.events.register("pre_run_cell", self._cell_started)
             shell.events.register("post_run_cell", self._cell_finished)
             if getattr(shell, "execution_count", None) is not None:
@@ -170,6 +189,7 @@ class Activity(HasTraits):
         if not self.finished and live:
             # Reports still on their way come in on a subshell while this cell runs.
             self._finished.wait(END_WAIT_SECONDS)
+        self._show_end_note()
 
     def shutdown(self) -> None:
         """The kernel is exiting: account what is known, close the last window, stop."""
@@ -185,10 +205,40 @@ class Activity(HasTraits):
     def _refuse_if_ended(self, action: str) -> None:
         if self._ledger.end_at is not None:
             raise StateError(
-                f"cannot {action}: activity {self.id!r} (run {self.run_id}) has already ended; "
-                "start a new one with timeback_nb.start()",
+                f"cannot {action}: activity {self.id!r} already ended at {_clock_time(self.ended_at)} "
+                f"({self.summary()}); start a new one with timeback_nb.start()",
                 field="state",
             )
+
+    # -- the end cell's confirmation -------------------------------------------------------------
+
+    def end_note(self) -> str:
+        """The line the end cell shows: the final active time and what was recorded, and where."""
+        where = WHERE_EVENTS_GO.get(self.mode, "queued for Timeback")
+        return f"Ended {self.name!r}: {self.summary()} ({where})."
+
+    @property
+    def end_note_shown(self) -> bool:
+        """Whether end() showed `end_note` in its cell (it does when begun in an IPython shell)."""
+        return self._end_note is not None
+
+    def _show_end_note(self) -> None:
+        """Show `end_note` in the cell that called end(); `_finish` updates it with the final time."""
+        if not self._in_ipython:
+            return
+        from IPython.display import display
+
+        self._end_note = display({"text/plain": self.end_note()}, raw=True, display_id=True)
+
+    def _update_end_note(self) -> None:
+        # The final window may settle after the end cell (reports queued behind it): the line
+        # then shows the settled time.
+        note = self._end_note
+        if note is not None:
+            try:
+                note.update({"text/plain": self.end_note()}, raw=True)
+            except Exception:  # a closed kernel channel at exit; the line is a courtesy
+                log.debug("could not update the end cell's line", exc_info=True)
 
     # -- inputs from the page and the kernel ---------------------------------------------------
 
@@ -308,6 +358,7 @@ class Activity(HasTraits):
                     pass
         self._finished.set()
         self._heartbeat.stop()  # joins unless this is the heartbeat thread itself
+        self._update_end_note()
         if self._on_finish is not None:
             self._on_finish(self, self._completion)
 
@@ -335,8 +386,27 @@ class Activity(HasTraits):
         }
 
     def __repr__(self) -> str:
+        # From a fresh snapshot, not the traits (refreshed once a second), so it agrees with the
+        # widget, which shows the same snapshot.
+        now = self.snapshot()
         course = ", ".join(f"{k}={v}" for k, v in self.course.items())
         return (
             f"<Activity {self.id!r} ({self.name}; {course}) run={self.run_id[:8]} "
-            f"state={self.state} active={format_elapsed(self.elapsed_ms)} mode={self.mode}>"
+            f"state={now['state']} active={format_elapsed(now['elapsedMs'])} mode={self.mode}>"
         )
+
+    def _ipython_display_(self) -> None:
+        """As a cell's result: nothing in the cell that displayed the widget (`start()` as its last
+        line: the widget is the live view, a text beside it would be stale at once), else the repr."""
+        from IPython import get_ipython
+        from IPython.display import display
+
+        shell = get_ipython()
+        if self.widget is not None and shell is not None and shell.execution_count == self.widget_cell:
+            return
+        display({"text/plain": repr(self)}, raw=True)
+
+
+def _clock_time(iso: str | None) -> str:
+    """The time of day of an ISO-8601 UTC stamp: 2026-12-02T18:22:05.123Z gives "18:22:05 UTC"."""
+    return "?" if not iso else f"{iso[11:19]} UTC"

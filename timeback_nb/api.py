@@ -41,6 +41,13 @@ def current() -> Activity | None:
         return _current if _current is not None and not _current.ended else None
 
 
+def latest() -> Activity | None:
+    """This kernel's most recent Activity, running or ended (so `%timeback status` can say how
+    the last one ended), or None before the first `start()`."""
+    with _lock:
+        return _current
+
+
 def start(
     id: str,
     name: str,
@@ -132,6 +139,7 @@ def start(
         from .widget import TimebackWidget
 
         activity.widget = TimebackWidget(activity)
+        activity.widget_cell = shell.execution_count  # start() as this cell's last line shows nothing more
         show(activity.widget)
     return activity
 

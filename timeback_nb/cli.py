@@ -31,6 +31,7 @@ from .config import (
     no_config_error,
 )
 from .errors import TimebackError
+from .records import results_text
 from .store import STATES, Store
 from .validation import validate_flush_timeout
 
@@ -374,15 +375,9 @@ def summarize(body: str) -> tuple[str, str, str]:
             details += f", inactive {values['inactive']} s"
         return "time", activity, details
     if event.get("type") == "ActivityEvent":
-        parts = [f"xp {values['xpEarned']}"] if "xpEarned" in values else []
-        if "totalQuestions" in values:
-            parts.append(f"{values.get('correctQuestions')}/{values['totalQuestions']} correct")
-        if "masteredUnits" in values:
-            parts.append(f"mastered {values['masteredUnits']}")
         pct = (event.get("generated", {}).get("extensions") or {}).get("pctCompleteApp")
-        if pct is not None:
-            parts.append(f"{pct}% complete")
-        return "completed", activity, ", ".join(parts)
+        metrics = {**values, **({"pctComplete": pct} if pct is not None else {})}
+        return "completed", activity, results_text(metrics)
     return str(event.get("type")), activity, ""
 
 

@@ -15,6 +15,7 @@ import argparse
 import shlex
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from IPython.core.error import UsageError
@@ -25,6 +26,7 @@ from IPython.core.magic_arguments import MagicArgumentParser
 from . import api
 from .clock import format_elapsed  # the page's own elapsed-time format, so both read alike
 from .errors import StateError, TimebackError
+from .records import results_text
 
 if TYPE_CHECKING:
     from .activity import Activity
@@ -228,6 +230,8 @@ class TimebackMagics(Magics):
         super().__init__(shell)
         self.replaced = replaced  # the `%timeback` this one shadows, put back on unload
         self.bound_name = False  # whether load bound `timeback_nb` in the user's namespace
+        self.replaced_custom_exc: tuple[Any, Any] = ((), None)  # IPython's custom-exception slot before load
+        self.custom_tb: Any = None  # the handler load installed
 
     @line_magic(MAGIC_NAME)
     def timeback(self, line: str = "") -> Any:
@@ -237,19 +241,22 @@ class TimebackMagics(Magics):
         try:
             if command.action == "start":
                 return api.start(**command.kwargs)
-            activity = api.current()
+            # After an end, the ended activity: status describes it, the others say when it ended.
+            activity = api.current() or api.latest()
             if activity is None:
                 raise StateError(
                     f"no activity is running; start one with "
                     f"%{MAGIC_NAME} start ID --name NAME (or timeback_nb.start)"
                 )
-            if command.action == "pause":
-                activity.pause()
-            elif command.action == "resume":
-                activity.resume()
+            if command.action == "status":
+                print(describe(activity))
             elif command.action == "end":
-                activity.end(command.kwargs["metrics"])
-            print(describe(activity) if command.action == "status" else _one_line(activity))
+                activity.end(command.kwargs["metrics"])  # shows its line in this cell ...
+                if not activity.end_note_shown:  # ... when it was started in this shell
+                    print(activity.end_note())
+            else:
+                activity.pause() if command.action == "pause" else activity.resume()
+                print(_one_line(activity))
         except TimebackError as exc:
             _fail(str(exc))
         return None
@@ -267,6 +274,14 @@ def describe(activity: Activity) -> str:
         f"  run id   {activity.run_id}",
         f"  started  {activity.started_at}",
         f"  state    {now['state']}",
+    ]
+    if activity.ended:
+        results = activity.results
+        lines += [
+            f"  ended    {activity.ended_at}",
+            f"  results  {results_text(results) if results else 'none (time only)'}",
+        ]
+    lines += [
         f"  active   {format_elapsed(now['elapsedMs'])} "
         f"(current window {format_elapsed(now['windowElapsedMs'])})",
         f"  events   {now['pendingEvents']} waiting, {now['rejectedEvents']} rejected "
@@ -289,6 +304,22 @@ def _ours(shell: InteractiveShell) -> TimebackMagics | None:
     return owner if isinstance(owner, TimebackMagics) else None
 
 
+def _one_line_error(
+    shell: InteractiveShell, etype: type, value: BaseException, tb: Any, tb_offset: Any = None, *, previous: Any = None
+) -> Any:
+    """IPython's custom-exception hook: a TimebackError shows as one line naming the field and
+    the fix (its message), not a traceback into the package; any other exception goes to the
+    hook that was there before (`previous`), or gets IPython's usual traceback."""
+    if not isinstance(value, TimebackError):
+        if previous is not None:
+            return previous(etype, value, tb, tb_offset=tb_offset)
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        return None
+    stb = [f"{etype.__name__}: {value}"]
+    shell._showtraceback(etype, value, stb)  # the hook ipykernel turns into the cell's error output
+    return stb
+
+
 def load_ipython_extension(shell: InteractiveShell) -> None:
     """``%load_ext timeback_nb``: register ``%timeback`` once per shell; bind ``timeback_nb``."""
     if _ours(shell) is not None:
@@ -296,6 +327,12 @@ def load_ipython_extension(shell: InteractiveShell) -> None:
     replaced = shell.magics_manager.magics["line"].get(MAGIC_NAME)
     magics = TimebackMagics(shell, replaced)
     shell.register_magics(magics)
+    # One line for a TimebackError raised in a cell; IPython has one custom-exception slot, so
+    # keep what held it and hand it every other exception.
+    magics.replaced_custom_exc = (shell.custom_exceptions, shell.CustomTB)
+    previous = shell.CustomTB if shell.custom_exceptions else None
+    shell.set_custom_exc((*shell.custom_exceptions, TimebackError), partial(_one_line_error, previous=previous))
+    magics.custom_tb = shell.CustomTB
     if PACKAGE_NAME not in shell.user_ns:  # never shadow a name the notebook already uses
         shell.push({PACKAGE_NAME: sys.modules[PACKAGE_NAME]})
         magics.bound_name = True
@@ -317,6 +354,8 @@ def unload_ipython_extension(shell: InteractiveShell) -> None:
     registry = shell.magics_manager.registry
     if registry.get(TimebackMagics.__name__) is magics:
         del registry[TimebackMagics.__name__]
+    if shell.CustomTB is magics.custom_tb:  # not replaced since: put back what was there
+        shell.custom_exceptions, shell.CustomTB = magics.replaced_custom_exc
     if magics.bound_name and shell.user_ns.get(PACKAGE_NAME) is sys.modules.get(PACKAGE_NAME):
         # Only the binding load made, still holding the package; a name the user rebound stays.
         del shell.user_ns[PACKAGE_NAME]

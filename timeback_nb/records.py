@@ -72,6 +72,21 @@ class Completion:
 Record = Union[TimeWindow, Completion]
 
 
+def results_text(metrics: Mapping[str, Any]) -> str:
+    """A completion's metrics as a person reads them: "12 XP, 8/10 correct, 40% complete"."""
+    parts = []
+    if "xpEarned" in metrics:
+        parts.append(f"{metrics['xpEarned']} XP")
+    if "totalQuestions" in metrics:
+        parts.append(f"{metrics.get('correctQuestions')}/{metrics['totalQuestions']} correct")
+    if "masteredUnits" in metrics:
+        units = metrics["masteredUnits"]
+        parts.append(f"{units} unit{'' if units == 1 else 's'} mastered")
+    if "pctComplete" in metrics:
+        parts.append(f"{metrics['pctComplete']}% complete")
+    return ", ".join(parts)
+
+
 class Sink(Protocol):
     """Where an Activity hands its records, in order. Must be quick and must not raise."""
 

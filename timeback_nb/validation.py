@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import warnings
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -242,6 +243,8 @@ def validate_metrics(metrics: Any) -> dict[str, Any]:
     pct = metrics.get("pctComplete")
     if pct is not None and (not _is_number(pct) or not math.isfinite(pct) or not 0 <= pct <= 100):
         raise invalid("metrics.pctComplete", f"expected a number from 0 to 100, got {_show(pct)}")
+    if pct is not None and 0 < pct <= 1:
+        _warn_once_about_a_fraction(pct)
 
     values = {
         "xpEarned": _plain_number(xp),
@@ -251,6 +254,24 @@ def validate_metrics(metrics: Any) -> dict[str, Any]:
         "pctComplete": None if pct is None else _plain_number(pct),
     }
     return {key: value for key, value in values.items() if value is not None}
+
+
+_fraction_warned = False
+
+
+def _warn_once_about_a_fraction(pct: float) -> None:
+    """0.75 is a valid percentage (0.75 %), so it is kept; but it looks like a fraction of 1,
+    so say so, once per process (a lesson ending in a loop would repeat it)."""
+    global _fraction_warned
+    if _fraction_warned:
+        return
+    _fraction_warned = True
+    warnings.warn(
+        f"pctComplete is a percentage 0–100; did you mean {round(pct * 100, 6):g}? "
+        f"(recorded as given: {pct:g} %)",
+        UserWarning,
+        stacklevel=4,  # the caller of end() / record()
+    )
 
 
 def iso_to_epoch_ms(value: Any, field: str = "datetime") -> int:

@@ -1,14 +1,18 @@
 """A hide/show inside a busy cell (time.sleep(8)) is counted exactly, whether the page's reports
-arrive live on a comm subshell (Lab's default) or only after the cell (subshells disabled)."""
+arrive live on a comm subshell (Lab's default) or only after the cell (subshells disabled); and
+the end cell's line shows the settled time when those reports come after it."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
+from timeback_nb.clock import format_elapsed
+
 from .conftest import OpenNotebook
-from .harness import JupyterServer, assert_active_time, begin, finish, run_events
+from .harness import FINISHED_SOURCE, JupyterServer, assert_active_time, begin, finish, run_events
 
 pytestmark = pytest.mark.browser
 
@@ -42,3 +46,28 @@ def test_hide_and_show_during_a_busy_cell(open_notebook: OpenNotebook, server: J
     time.sleep(1.0)
     ended, kernel = finish(nb)
     assert_active_time(run_events(server, run_id), truth, ended, kernel)
+
+
+def test_the_end_cells_line_shows_the_settled_time_when_reports_come_after_the_cell(
+    open_notebook: OpenNotebook, jupyter_no_subshells: JupyterServer
+) -> None:
+    nb, _, _ = begin(open_notebook, server=jupyter_no_subshells)
+    time.sleep(1.0)
+    # The page is hidden for 2 of these 4 s; its reports wait behind the cell, so when end() runs
+    # the kernel still takes the page for visible: the line it shows then is 2 s too high.
+    cell = nb.add_cell("time.sleep(4)\nactivity.end({'xpEarned': 3})\nprint('OUT ended')")
+    nb.run_cell(cell)
+    time.sleep(1.0)
+    nb.hide()
+    time.sleep(2.0)
+    nb.show()
+    nb.wait_output(cell, "OUT ended", timeout=30)
+    deadline = time.monotonic() + 20
+    while not (kernel := json.loads(nb.run(FINISHED_SOURCE)))["finished"]:
+        assert time.monotonic() < deadline, kernel
+        time.sleep(0.3)
+    settled = f"Ended 'Linear functions': {format_elapsed(kernel['elapsed_ms'])} active; 3 XP (saved on this computer)."
+    nb.page.wait_for_function(
+        f"() => document.body.innerText.includes({json.dumps(settled)})", polling=100, timeout=5_000
+    )
+    assert nb.output_text(cell).startswith(settled), nb.output_text(cell)
