@@ -90,3 +90,14 @@ def test_the_readmes_python_snippets_run_as_written_in_a_real_kernel(tmp_path: P
     completions = [e for body in bodies for e in body["data"] if e["type"] == "ActivityEvent"]
     assert {c["object"]["activity"]["name"] for c in completions} == {"Week 3: Linear functions"}
     assert len(completions) == sum(".end({" in block or "%timeback end --" in block for block in runnable_python(text))
+
+
+def test_the_install_lines_name_the_wheel_this_version_builds() -> None:
+    """`pip install dist/timeback_nb-<version>-py3-none-any.whl` (tests/test_wheel.py builds and
+    installs that wheel) must not go stale when the version moves."""
+    import timeback_nb
+
+    (install,) = [body for info, body in fenced_blocks(README.read_text("utf-8")) if "pip install" in body]
+    assert "pip install ./timeback_nb" in install
+    wheels = re.findall(r"dist/(\S+\.whl)", install)
+    assert wheels == [f"timeback_nb-{timeback_nb.__version__}-py3-none-any.whl"]
