@@ -103,7 +103,7 @@ color:var(--jp-ui-font-color1,inherit);font:var(--jp-ui-font-size1,13px)/1.7 var
 .tbnb[data-trouble=rejected] .tbnb-chip{color:var(--jp-error-color0,#b71c1c)}
 .tbnb-sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
 .tbnb-what{font-size:var(--jp-ui-font-size0,11px);margin:.2em .7em}
-.tbnb-dock{position:absolute;top:.5em;right:1.5em;z-index:9}`;
+.tbnb-dock{position:absolute;bottom:.7em;right:1.5em;z-index:9;box-shadow:0 1px 3px #0003}`;
 
 /** Elapsed time, ticking locally between kernel updates; docked at the panel's edge while the
  * view is scrolled away. @param {{model: Model, el: HTMLElement}} ctx */

@@ -140,9 +140,11 @@ class JupyterServer:
         self.notebooks.mkdir(parents=True, exist_ok=True)
         if not self.config_path.exists():
             self.config_path.write_text(json.dumps(TEST_CONFIG, indent=2))
+        settings = self.home / "settings" / "@jupyterlab" / "apputils-extension"
+        settings.mkdir(parents=True, exist_ok=True)
+        # No "get Jupyter news?" toast over the notebook (nor a request off the machine).
+        (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
         if not self.comms_over_subshells:
-            settings = self.home / "settings" / "@jupyterlab" / "apputils-extension"
-            settings.mkdir(parents=True, exist_ok=True)
             (settings / "kernels-settings.jupyterlab-settings").write_text('{"commsOverSubshells": "disabled"}')
         args = [
             sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.token={self.token}",
