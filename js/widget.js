@@ -158,11 +158,12 @@ function render({ model, el }) {
   onState();
   const interval = setInterval(tick, 250);
   // Anchor the page's visibility on this view's notebook panel, once Lab has attached the view.
+  // Until then the tab decides. Windowed notebooks may attach it long after render: check often, cheaply.
   unplaced.add(el);
-  const soon = setTimeout(() => look(), 100);
+  const placing = setInterval(() => (!unplaced.has(el) ? clearInterval(placing) : el.isConnected && look()), 50);
   return () => {
     clearInterval(interval);
-    clearTimeout(soon);
+    clearInterval(placing);
     unplaced.delete(el);
     observer.disconnect();
     dock.remove();

@@ -88,6 +88,8 @@ class JupyterServer:
 
     home: Path
     comms_over_subshells: bool = True
+    # Lab settings by plugin, e.g. {"@jupyterlab/notebook-extension:tracker": {"windowingMode": "full"}}
+    lab_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     tag: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -140,12 +142,15 @@ class JupyterServer:
         self.notebooks.mkdir(parents=True, exist_ok=True)
         if not self.config_path.exists():
             self.config_path.write_text(json.dumps(TEST_CONFIG, indent=2))
-        settings = self.home / "settings" / "@jupyterlab" / "apputils-extension"
-        settings.mkdir(parents=True, exist_ok=True)
         # No "get Jupyter news?" toast over the notebook (nor a request off the machine).
-        (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+        settings = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}, **self.lab_settings}
         if not self.comms_over_subshells:
-            (settings / "kernels-settings.jupyterlab-settings").write_text('{"commsOverSubshells": "disabled"}')
+            settings["@jupyterlab/apputils-extension:kernels-settings"] = {"commsOverSubshells": "disabled"}
+        for plugin, values in settings.items():
+            package, name = plugin.split(":")
+            path = self.home / "settings" / package / f"{name}.jupyterlab-settings"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(values))
         args = [
             sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.token={self.token}",
             "--ServerApp.ip=127.0.0.1", f"--port={self.port}", "--ServerApp.port_retries=0",
@@ -287,13 +292,25 @@ class Chromium:
 
 # --- one notebook in one window -----------------------------------------------------------------
 
-# The open notebook panel, in JupyterLab and in Notebook 7 (`expose_app_in_browser`).
-_PANEL = """(() => {
+def _panel_of(name: str | None) -> str:
+    """JS: the panel of notebook `name` (None: the first notebook open), in JupyterLab and in
+    Notebook 7 (`expose_app_in_browser`); a Lab page may hold several documents."""
+    path = "" if name is None else f" && w.context.path === {json.dumps(name)}"
+    return f"""(() => {{
   const app = window.jupyterapp;
   if (!app) return null;
-  for (const w of app.shell.widgets('main')) if (w.sessionContext && w.content && w.content.widgets) return w;
+  for (const w of app.shell.widgets('main')) if (w.sessionContext && w.content && w.content.widgets{path}) return w;
   return null;
-})()"""
+}})()"""
+
+
+_PANEL = _panel_of(None)
+
+# JS: the main-area widget (any document) open on `path`.
+_DOCUMENT = """(path) => {
+  for (const w of window.jupyterapp.shell.widgets('main')) if (w.context && w.context.path === path) return w;
+  throw new Error(`no document open on ${path}`);
+}"""
 
 _OUTPUT_TEXT = """(i) => {
   const panel = %s;
@@ -305,7 +322,7 @@ _OUTPUT_TEXT = """(i) => {
     const text = o.text ?? (o.data && o.data['text/plain']) ?? '';
     return [].concat(text).join('');
   }).join('');
-}""" % _PANEL
+}"""
 
 
 _CONTRAST = """(selector) => {
@@ -324,19 +341,22 @@ _CONTRAST = """(selector) => {
 
 @dataclass
 class NotebookPage:
-    """One browser window showing one notebook (JupyterLab or Notebook 7)."""
+    """One browser window showing one notebook (JupyterLab or Notebook 7); or, given the `page`
+    of another, a second notebook open in that page's JupyterLab (see `open_document`)."""
 
     chromium: Chromium
     server: JupyterServer
     name: str
     ui: str
-    page: Page = field(init=False)
+    page: Page = None  # type: ignore[assignment]  # None: a window of its own
 
     def __post_init__(self) -> None:
-        self.page = self.chromium.new_window()
-        # Playwright dismisses dialogs by default; a dismissed "leave page?" would cancel a reload.
-        self.page.on("dialog", lambda dialog: dialog.accept())
-        self.open()
+        self.owns_page = self.page is None
+        if self.owns_page:
+            self.page = self.chromium.new_window()
+            # Playwright dismisses dialogs by default; a dismissed "leave page?" would cancel a reload.
+            self.page.on("dialog", lambda dialog: dialog.accept())
+            self.open()
 
     def open(self) -> None:
         self.page.goto(self.server.url(self.name, self.ui))
@@ -346,24 +366,26 @@ class NotebookPage:
     def wait_ready(self, timeout: float = 60) -> None:
         """The notebook is open and its kernel is connected (only used before a cell runs)."""
         self.page.wait_for_function(
-            f"""() => {{ const p = {_PANEL}; const k = p && p.sessionContext.session && p.sessionContext.session.kernel;
+            f"""() => {{ const p = {self._panel}; const k = p && p.sessionContext.session && p.sessionContext.session.kernel;
                  return !!k && k.connectionStatus === 'connected' && k.status === 'idle'; }}""",
             polling=100, timeout=timeout * 1000,
         )
 
-    def run_cell(self, index: int) -> None:
-        """Start running cell `index` (clearing its old output first); does not wait for it."""
+    def run_cell(self, index: int, activate: bool = True) -> None:
+        """Start running cell `index` (clearing its old output first); does not wait for it.
+        `activate=False` leaves the notebook where it is in Lab (e.g. behind another document;
+        it must be the notebook Lab last had in front)."""
         self.page.evaluate(
-            f"""(i) => {{ const app = window.jupyterapp; const p = {_PANEL};
-                 app.shell.activateById(p.id); p.content.widgets[i].model.outputs.clear();
-                 p.content.activeCellIndex = i; void app.commands.execute('notebook:run-cell'); }}""",
-            index,
+            f"""([i, activate]) => {{ const app = window.jupyterapp; const p = {self._panel};
+                 if (activate) app.shell.activateById(p.id); p.content.widgets[i].model.outputs.clear();
+                 p.content.activeCellIndex = i; void app.commands.execute('notebook:run-cell', {{activate}}); }}""",
+            [index, activate],
         )
 
     def add_cell(self, source: str) -> int:
         """Append a code cell (not saved) and return its index."""
         return int(self.page.evaluate(
-            f"""(src) => {{ const p = {_PANEL}; const cells = p.content.model.sharedModel;
+            f"""(src) => {{ const p = {self._panel}; const cells = p.content.model.sharedModel;
                  cells.insertCell(cells.cells.length, {{cell_type: 'code', source: src}});
                  return cells.cells.length - 1; }}""",
             source,
@@ -372,21 +394,25 @@ class NotebookPage:
     def scroll_to_cell(self, index: int) -> None:
         """Make cell `index` (negative: from the end) the active one and scroll it into view, as a student does."""
         self.page.evaluate(
-            f"""(i) => {{ const p = {_PANEL}; const n = i < 0 ? p.content.widgets.length + i : i;
+            f"""(i) => {{ const p = {self._panel}; const n = i < 0 ? p.content.widgets.length + i : i;
                  p.content.activeCellIndex = n; void p.content.scrollToItem(n, 'center'); }}""",
             index,
         )
 
     def clear_output(self, index: int) -> None:
-        self.page.evaluate(f"(i) => {{ ({_PANEL}).content.widgets[i].model.outputs.clear(); }}", index)
+        self.page.evaluate(f"(i) => {{ ({self._panel}).content.widgets[i].model.outputs.clear(); }}", index)
+
+    @property
+    def _panel(self) -> str:
+        return _panel_of(self.name)
 
     def output_text(self, index: int) -> str:
-        return str(self.page.evaluate(_OUTPUT_TEXT, index) or "")
+        return str(self.page.evaluate(_OUTPUT_TEXT % self._panel, index) or "")
 
     def wait_output(self, index: int, needle: str, timeout: float = 30) -> str:
         """Wait (polling, which also works in hidden tabs) until cell `index` prints `needle`."""
         self.page.wait_for_function(
-            f"(i) => {{ const t = ({_OUTPUT_TEXT})(i) || ''; return t.includes({json.dumps(needle)}) || t.startsWith('ERROR'); }}",
+            f"(i) => {{ const t = ({_OUTPUT_TEXT % self._panel})(i) || ''; return t.includes({json.dumps(needle)}) || t.startsWith('ERROR'); }}",
             arg=index, polling=100, timeout=timeout * 1000,
         )
         text = self.output_text(index)
@@ -399,6 +425,43 @@ class NotebookPage:
         index = self.add_cell(source)
         self.run_cell(index)
         return self.wait_output(index, "OUT ", timeout).split("OUT ", 1)[1].strip()
+
+    # JupyterLab documents around the notebook: one browser tab, several Lab tabs.
+
+    def open_document(self, path: str, mode: str = "tab-after") -> None:
+        """Open `path` (relative to the notebook folder) in this page's Lab, placed by Lumino's
+        `mode` relative to the notebook ("tab-after": behind it in its dock area, "split-right")."""
+        self.page.evaluate(
+            f"""async ([path, mode, notebook]) => {{ const find = {_DOCUMENT};
+                 await window.jupyterapp.commands.execute('docmanager:open', {{path, options: {{mode, ref: find(notebook).id}}}}); }}""",
+            [path, mode, self.name],
+        )
+        self.page.wait_for_function(
+            f"(path) => ({_DOCUMENT})(path).isVisible", arg=path, polling=100, timeout=30_000
+        )
+
+    def activate(self, path: str) -> float:
+        """Bring the Lab tab of `path` to the front of its dock area; the test-clock instant of the switch."""
+        return self._lab_change(f"(path) => {{ window.jupyterapp.shell.activateById(({_DOCUMENT})(path).id); }}", path)
+
+    def dock(self, path: str, mode: str, ref: str) -> float:
+        """Move the Lab tab of `path` to `mode` relative to the document `ref` (e.g. "split-right",
+        "tab-after"); the test-clock instant of the move."""
+        return self._lab_change(
+            f"""([path, mode, ref]) => {{ const find = {_DOCUMENT};
+                 window.jupyterapp.shell.add(find(path), 'main', {{mode, ref: find(ref).id}}); }}""",
+            [path, mode, ref],
+        )
+
+    def shown_in_lab(self, path: str) -> bool:
+        """Is the document's Lab panel on screen (Lumino's own view, not the widget's)?"""
+        return bool(self.page.evaluate(f"(path) => ({_DOCUMENT})(path).isVisible", path))
+
+    def _lab_change(self, script: str, arg: Any) -> float:
+        # Lumino shows and hides synchronously inside the call: its middle is the instant.
+        before = time.monotonic()
+        self.page.evaluate(script, arg)
+        return (before + time.monotonic()) / 2
 
     # visibility: minimising the page's own window hides it (fires visibilitychange in ~40 ms)
     def _window_state(self, state: str) -> None:
@@ -451,8 +514,9 @@ class NotebookPage:
         return float(self.page.evaluate(_CONTRAST, selector))
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.page.close()
+        if self.owns_page:
+            with contextlib.suppress(Exception):
+                self.page.close()
         self.server.shutdown_sessions(self.name)
 
 
