@@ -5,6 +5,10 @@ read back from the local store, vs the script's own clock of the visible stretch
 
 Twice over: with comms over subshells (Lab's default: the page's reports arrive live during
 the cell) and with subshells disabled (they arrive only after it).
+
+And the panel-switching session (issue 9): the lesson and a text document in one browser tab,
+the lesson switched behind the document and back six times (Lab tabs, the browser tab stays
+visible), four of them during the 10 s busy cell, with subshells on. Design bar ≤ 1 s, goal ≤ 0.3 s.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +24,14 @@ from tests.browser.harness import (
     Chromium,
     JupyterServer,
     NotebookPage,
+    VisibleTime,
     begin,
+    begin_behind,
     finish,
     run_events,
     running,
     spent_seconds,
+    start_source,
 )
 
 from .results import Bar, Row, median
@@ -31,6 +39,7 @@ from .results import Bar, Row, median
 NAME = "accounting_browser"
 BUSY_CELL = "time.sleep(10); print('OUT busy cell done')"
 HEARTBEAT_S = 5  # short windows so a session closes several, some held across the busy cell
+NOTES = "notes.txt"  # the other Lab document of the panel session
 
 
 def session(chromium: Chromium, server: JupyterServer) -> tuple[float, float]:
@@ -66,6 +75,39 @@ def session(chromium: Chromium, server: JupyterServer) -> tuple[float, float]:
     return spent_seconds(events), truth.total(ended)
 
 
+def panel_session(chromium: Chromium, server: JupyterServer) -> tuple[float, float]:
+    """The lesson switched behind another Lab document and back (the browser tab stays visible)."""
+    (server.notebooks / NOTES).write_text("scratch notes\n")
+    run_id = str(uuid.uuid4())
+    nb = NotebookPage(chromium, server, server.write_notebook([start_source(run_id, heartbeat_interval=HEARTBEAT_S)]), "lab")
+    lesson, truth = nb.name, VisibleTime()
+    try:
+        begin_behind(nb, NOTES, truth)
+        time.sleep(1.5)
+        truth.hidden("a", nb.activate(NOTES))  # switches 1-2, kernel idle
+        time.sleep(1.5)
+        truth.visible("a", nb.activate(lesson))
+        time.sleep(1.5)
+        busy = nb.add_cell(BUSY_CELL)
+        nb.run_cell(busy)
+        time.sleep(2.0)
+        truth.hidden("a", nb.activate(NOTES))  # switches 3-6, during the busy cell
+        time.sleep(2.0)
+        truth.visible("a", nb.activate(lesson))
+        time.sleep(1.5)
+        truth.hidden("a", nb.activate(NOTES))
+        time.sleep(1.5)
+        truth.visible("a", nb.activate(lesson))
+        nb.wait_output(busy, "OUT busy cell done", timeout=30)
+        time.sleep(1.0)
+        ended, kernel = finish(nb)
+    finally:
+        nb.close()
+    events = run_events(server, run_id)
+    check(events, kernel)
+    return spent_seconds(events), truth.total(ended)
+
+
 def check(events: list[dict[str, Any]], kernel: dict[str, Any]) -> None:
     """The run's events are whole: all delivered, once each, and what the kernel counted."""
     ids = [e["id"] for e in events]
@@ -76,21 +118,22 @@ def check(events: list[dict[str, Any]], kernel: dict[str, Any]) -> None:
     assert abs(spent_seconds(events) * 1000 - kernel["elapsed_ms"]) < 2, "events and kernel agree"
 
 
-def measure(chromium: Chromium, server: JupyterServer, label: str, reps: int) -> Row:
+def measure(chromium: Chromium, server: JupyterServer, label: str, reps: int, panels: bool = False) -> Row:
     errors, truths, measured = [], [], []
     with running(server):
         for rep in range(reps):
-            active, truth = session(chromium, server)
+            active, truth = (panel_session if panels else session)(chromium, server)
             errors.append(abs(active - truth))
             truths.append(truth)
             measured.append(active)
             print(f"  {label} {rep + 1}/{reps}: active {active:.3f} s, truth {truth:.3f} s", file=sys.stderr, flush=True)
+    what = "Lab tabs: the lesson behind another document" if panels else "browser tab hidden"
     return Row(
         NAME, f"active-time error vs truth, s (Lab, {label})", errors, Bar("at_most", 1.0, on="max"),
-        "≤ 1 s every session", baseline=median(truths), baseline_text="scripted ground truth, s",
-        digits=3, over_baseline=True,
+        "≤ 1 s every session" + (" (goal ≤ 0.3 s)" if panels else ""), baseline=median(truths),
+        baseline_text="scripted ground truth, s", digits=3, over_baseline=True,
         notes=[f"{label}: reported {', '.join(f'{m:.3f}' for m in measured)} s vs truth "
-               f"{', '.join(f'{t:.3f}' for t in truths)} s (6 switches, 4 during a 10 s busy cell, "
+               f"{', '.join(f'{t:.3f}' for t in truths)} s (6 switches, {what}, 4 during a 10 s busy cell, "
                f"{HEARTBEAT_S} s heartbeats)"],
     )
 
@@ -105,4 +148,5 @@ def run(quick: bool) -> list[Row]:
             for label, subshells in modes:
                 rows.append(measure(chromium, JupyterServer(Path(tmp) / label.replace(" ", "-"),
                                                             comms_over_subshells=subshells), label, reps))
+            rows.append(measure(chromium, JupyterServer(Path(tmp) / "panels"), "panel switches, subshells", reps, panels=True))
     return rows

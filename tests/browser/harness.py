@@ -618,6 +618,26 @@ def begin(
     return nb, run_id, truth
 
 
+# The widget's own view (not the docked copy of its clock), and the state the kernel last sent it.
+WIDGET_VIEW = "document.querySelector('.tbnb:not(.tbnb-dock)')"
+
+
+def wait_state(nb: NotebookPage, state: str, timeout_s: float = 5) -> None:
+    """Wait until the widget shows the kernel's `state` (the reply to the page's own report)."""
+    nb.page.wait_for_function(f"() => {WIDGET_VIEW}?.dataset.state === '{state}'", polling=100, timeout=timeout_s * 1000)
+
+
+def begin_behind(nb: NotebookPage, other: str, truth: VisibleTime, page: str = "a") -> None:
+    """Start the activity (cell 0) while the lesson sits behind the document `other` (a file in
+    the notebook folder, opened in front), then bring the lesson to the front: the truth clock
+    starts at that switch, an instant of the test's own, not at some later sight of the widget."""
+    nb.open_document(other)
+    nb.run_cell(0, activate=False)
+    nb.page.wait_for_function(f"() => !!{nb._panel}?.node.querySelector('.tbnb')", polling=100, timeout=30_000)
+    wait_state(nb, "hidden")
+    truth.visible(page, nb.activate(nb.name))
+
+
 def finish(nb: NotebookPage, metrics: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
     """End the activity from a cell and wait until its last records are delivered.
 

@@ -11,22 +11,23 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import datetime
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from .conftest import OpenNotebook
 from .harness import (
-    TOLERANCE_S,
+    WIDGET_VIEW,
     JupyterServer,
     NotebookPage,
     VisibleTime,
     assert_active_time,
+    begin_behind,
     finish,
     run_events,
     running,
     start_source,
+    wait_state,
 )
 
 pytestmark = pytest.mark.browser
@@ -35,8 +36,6 @@ WINDOWED = {"@jupyterlab/notebook-extension:tracker": {"windowingMode": "full"}}
 NOTES = "notes.txt"  # the other document: a text file in Lab's editor
 FILLER = ["# reading the lesson\n" * 12] * 30  # tall cells: the first one scrolls far out of view
 BUSY = "time.sleep(6); print('OUT busy cell done')"
-VIEW = "document.querySelector('.tbnb:not(.tbnb-dock)')"  # the widget's own view (not a docked copy)
-STATE = f"{VIEW}?.dataset.state"
 
 
 def _server(tmp_path_factory: pytest.TempPathFactory, subshells: bool) -> Iterator[JupyterServer]:
@@ -57,21 +56,6 @@ def lab_no_subshells(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyt
     yield from _server(tmp_path_factory, False)
 
 
-def start_lesson(nb: NotebookPage, truth: VisibleTime, page: str = "a") -> None:
-    """Start the activity while the lesson is behind the notes, then bring it to the front: the
-    truth clock starts at that switch (the test's own instant), not at some later sight of the widget."""
-    nb.open_document(NOTES)  # in front of the lesson (or brought to the front if open)
-    nb.run_cell(0, activate=False)
-    nb.page.wait_for_function(f"() => !!{nb._panel}?.node.querySelector('.tbnb')", polling=100, timeout=30_000)
-    wait_state(nb, "hidden")
-    truth.visible(page, nb.activate(nb.name))
-
-
-def wait_state(nb: NotebookPage, state: str, timeout_s: float = 5) -> None:
-    """The widget says what the kernel counts (the reply to the page's own report)."""
-    nb.page.wait_for_function(f"() => {STATE} === '{state}'", polling=100, timeout=timeout_s * 1000)
-
-
 @pytest.mark.parametrize("subshells", [True, False], ids=["subshells", "no-subshells"])
 def test_lab_tabs_split_view_scrolling_and_a_busy_cell(
     open_notebook: OpenNotebook, request: pytest.FixtureRequest, subshells: bool
@@ -81,7 +65,7 @@ def test_lab_tabs_split_view_scrolling_and_a_busy_cell(
     nb = open_notebook([start_source(run_id, heartbeat_interval=2), *FILLER], server=server)
     lesson = nb.name
     truth = VisibleTime()
-    start_lesson(nb, truth)
+    begin_behind(nb, NOTES, truth)
     time.sleep(1.5)  # idle kernel: the replies move the comm to a subshell (when on)
 
     truth.hidden("a", nb.activate(NOTES))  # another Lab tab in front: not counted
@@ -102,7 +86,7 @@ def test_lab_tabs_split_view_scrolling_and_a_busy_cell(
     # Far down the lesson: windowed mode stops rendering the widget's cell (JupyterLab 4.6 hides
     # it with display:none; other versions take it out of the DOM): the view is not on screen.
     nb.scroll_to_cell(-1)
-    nb.page.wait_for_function(f"() => {{ const el = {VIEW}; return !el || !el.checkVisibility(); }}", polling=100, timeout=10_000)
+    nb.page.wait_for_function(f"() => {{ const el = {WIDGET_VIEW}; return !el || !el.checkVisibility(); }}", polling=100, timeout=10_000)
     time.sleep(2.0)
 
     busy = nb.add_cell(BUSY)
@@ -124,7 +108,7 @@ def test_two_lessons_in_a_split_each_count_their_own_activity(open_notebook: Ope
     a.open_document(b.name)  # B in front, A behind it
     a.activate(a.name)
     truth_a, truth_b = VisibleTime(), VisibleTime()
-    start_lesson(a, truth_a)
+    begin_behind(a, NOTES, truth_a)
     time.sleep(1.0)
     truth_a.hidden("a", b.activate(b.name))
     b.run_cell(0)  # B's own kernel and activity; its widget shows in B's panel
@@ -151,7 +135,7 @@ def test_a_page_without_a_view_falls_back_to_its_tab_and_a_restored_view_anchors
     run_id = str(uuid.uuid4())
     a = open_notebook([start_source(run_id, heartbeat_interval=2)], server=lab)
     truth = VisibleTime()
-    start_lesson(a, truth)
+    begin_behind(a, NOTES, truth)
     # A second browser window on the notebook: its file has no widget output (never saved), so
     # that page has the widget's model but no view: its browser tab decides, even with the
     # lesson behind another Lab document there (the README says so).
@@ -198,7 +182,7 @@ def test_idle_rule_with_input_events_and_abandonment(open_notebook: OpenNotebook
     run_id = str(uuid.uuid4())
     nb = open_notebook([start_source(run_id, heartbeat_interval=1, abandon_after=4, idle_after=2)], server=lab)
     truth = VisibleTime()
-    start_lesson(nb, truth)
+    begin_behind(nb, NOTES, truth)
     box = nb.page.locator(".jp-NotebookPanel").bounding_box()
     assert box is not None
 
@@ -223,7 +207,7 @@ def test_idle_rule_with_input_events_and_abandonment(open_notebook: OpenNotebook
     wait_state(nb, "idle", 4)
     nb.hide()
     wall_minus_monotonic = time.time() - time.monotonic()
-    nb.page.wait_for_function(f"() => {STATE} === 'abandoned'", polling=100, timeout=10_000)
+    wait_state(nb, "abandoned", 10)
     time.sleep(0.5)
     at_abandonment = lab.emitted(run_id)
     truth.visible("a", nb.show())  # being shown counts as input
