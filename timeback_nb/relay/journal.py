@@ -171,7 +171,10 @@ class Journal:
         except RuntimeError:  # the loop is closed: the service is stopping
             return
         if enqueued and self.on_commit is not None:
-            self.on_commit(enqueued)
+            try:
+                self.on_commit(enqueued)
+            except Exception:  # the writer thread must outlive its observers
+                log.exception("timeback relay: on_commit failed")
 
     def _owner(self, conn: Any, run_id: str, claimed: dict[str, str]) -> str | None:
         owner = self._owners.get(run_id) or claimed.get(run_id)
