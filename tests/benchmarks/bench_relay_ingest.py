@@ -1,6 +1,6 @@
 """Relay ingest: heartbeat requests per second into `timeback-nb relay` (a real process on
 127.0.0.1, standalone tokens, delivering with its sender to the loopback Caliper stand-in),
-from 32 keep-alive clients, each request answered only after its event is committed to the
+from 64 keep-alive clients, each request answered only after its event is committed to the
 relay's outbox (group commit, synchronous=FULL); then p50/p99 latency at a steady 500
 requests/s. The baseline is tornado answering 204 to the same requests with no work, in the
 same run, driven by the same load generator (a separate process).
@@ -30,7 +30,7 @@ from tests.relay.harness import CONFIG, ROOT, caliper_env
 from .results import Bar, Row, median
 
 NAME = "relay_ingest"
-CLIENTS = 32
+CLIENTS = 64  # a request waits for its group's fsync: enough clients that groups fill
 BAR_PER_S = 2000
 BAR_RATIO = 0.5
 PACED_RATE = 500
