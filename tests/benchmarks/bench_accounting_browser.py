@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tests.browser.harness import (
     Chromium,
@@ -43,61 +43,50 @@ NOTES = "notes.txt"  # the other Lab document of the panel session
 
 
 def session(chromium: Chromium, server: JupyterServer) -> tuple[float, float]:
-    """One scripted session: (Σ active reported, ground truth), in seconds."""
+    """One scripted session, the page's window hidden and shown: (Σ active reported, ground truth), s."""
 
     def open_notebook(cells: list[str] | str, ui: str = "lab", server: JupyterServer = server) -> NotebookPage:
         return NotebookPage(chromium, server, cells if isinstance(cells, str) else server.write_notebook(cells), ui)
 
     nb, run_id, truth = begin(open_notebook, server=server, heartbeat_interval=HEARTBEAT_S)
-    try:
-        time.sleep(1.5)  # idle kernel after the widget shows: its replies move the comm to a subshell
-        truth.hidden("a", nb.hide())  # switches 1-2, kernel idle
-        time.sleep(1.5)
-        truth.visible("a", nb.show())
-        time.sleep(1.5)
-        busy = nb.add_cell(BUSY_CELL)
-        nb.run_cell(busy)
-        time.sleep(2.0)
-        truth.hidden("a", nb.hide())  # switches 3-6, during the busy cell
-        time.sleep(2.0)
-        truth.visible("a", nb.show())
-        time.sleep(1.5)
-        truth.hidden("a", nb.hide())
-        time.sleep(1.5)
-        truth.visible("a", nb.show())
-        nb.wait_output(busy, "OUT busy cell done", timeout=30)
-        time.sleep(1.0)
-        ended, kernel = finish(nb)
-    finally:
-        nb.close()
-    events = run_events(server, run_id)
-    check(events, kernel)
-    return spent_seconds(events), truth.total(ended)
+    return switches(nb, server, run_id, truth, nb.hide, nb.show)
 
 
 def panel_session(chromium: Chromium, server: JupyterServer) -> tuple[float, float]:
-    """The lesson switched behind another Lab document and back (the browser tab stays visible)."""
+    """The same, the lesson switched behind another Lab document and back (the browser tab stays visible)."""
     (server.notebooks / NOTES).write_text("scratch notes\n")
     run_id = str(uuid.uuid4())
     nb = NotebookPage(chromium, server, server.write_notebook([start_source(run_id, heartbeat_interval=HEARTBEAT_S)]), "lab")
-    lesson, truth = nb.name, VisibleTime()
+    truth = VisibleTime()
     try:
         begin_behind(nb, NOTES, truth)
+    except BaseException:
+        nb.close()
+        raise
+    return switches(nb, server, run_id, truth, lambda: nb.activate(NOTES), lambda: nb.activate(nb.name))
+
+
+def switches(
+    nb: NotebookPage, server: JupyterServer, run_id: str, truth: VisibleTime,
+    hide: Callable[[], float], show: Callable[[], float],
+) -> tuple[float, float]:
+    """The script after the start: six switches, four during a 10 s busy cell, then the end."""
+    try:
+        time.sleep(1.5)  # idle kernel after the widget shows: its replies move the comm to a subshell
+        truth.hidden("a", hide())  # switches 1-2, kernel idle
         time.sleep(1.5)
-        truth.hidden("a", nb.activate(NOTES))  # switches 1-2, kernel idle
-        time.sleep(1.5)
-        truth.visible("a", nb.activate(lesson))
+        truth.visible("a", show())
         time.sleep(1.5)
         busy = nb.add_cell(BUSY_CELL)
         nb.run_cell(busy)
         time.sleep(2.0)
-        truth.hidden("a", nb.activate(NOTES))  # switches 3-6, during the busy cell
+        truth.hidden("a", hide())  # switches 3-6, during the busy cell
         time.sleep(2.0)
-        truth.visible("a", nb.activate(lesson))
+        truth.visible("a", show())
         time.sleep(1.5)
-        truth.hidden("a", nb.activate(NOTES))
+        truth.hidden("a", hide())
         time.sleep(1.5)
-        truth.visible("a", nb.activate(lesson))
+        truth.visible("a", show())
         nb.wait_output(busy, "OUT busy cell done", timeout=30)
         time.sleep(1.0)
         ended, kernel = finish(nb)
