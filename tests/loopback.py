@@ -1,5 +1,6 @@
 """A real HTTP server on 127.0.0.1 for delivery tests: OAuth2 token endpoint, Caliper event
-endpoint and OneRoster users endpoint, with faults a test can script.
+endpoint and OneRoster users endpoint, with faults a test can script; and a stand-in for a
+relay / Timeback app server's adapter (`adapter_url`, protocol reference §5).
 
 It behaves like a receiver that drops replays: every request is kept in `received` (so a
 test sees resends), but each event id is stored once (`stored_ids`, in arrival order). An
@@ -32,6 +33,24 @@ from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 CLIENT_ID = "nb-client-7f3a"
 CLIENT_SECRET = "s3cr3t-Vq9Zx2Lk8Pw4-never-shown"
 USERS_PATH = "/ims/oneroster/rostering/v1p2/users"
+ADAPTER_PREFIX = "/api/timeback"
+# What the stand-in requires of a body, in the adapter's validation order (§5.4-§5.6).
+ADAPTER_FIELDS = {
+    "heartbeat": ("id", "name", "course", "runId", "startedAt", "endedAt", "elapsedMs", "pausedMs"),
+    "submit": ("id", "name", "course", "runId", "endedAt", "metrics"),
+}
+
+
+def _adapter_error(code: str, message: str, *, field: str | None = None, why: str | None = None) -> dict[str, Any]:
+    """The adapter's error envelope (§5.3)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        error["details"] = {"field": field, "message": why}
+    return {"error": error}
+
+
+def adapter_error(code: str, message: str, *, field: str | None = None, why: str | None = None) -> str:
+    return json.dumps(_adapter_error(code, message, field=field, why=why))
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,17 @@ class Received:
     peer: tuple[str, int]  # the client's address: one per TCP connection
 
 
+@dataclass
+class AdapterRequest:
+    route: str  # "heartbeat" | "submit"
+    body: bytes
+    scheme: str  # of the Authorization header: "token", "Bearer", or what else came
+    user: str | None  # whom the token belongs to (None: unknown token)
+    request_id: str | None
+    at: float
+    parsed: dict[str, Any] | None = None
+
+
 class LoopbackServer:
     def __init__(
         self,
@@ -126,6 +156,13 @@ class LoopbackServer:
         self.issued: list[str] = []
         self.concurrent_duplicates: list[str] = []
         self.refused: set[str] = set()  # envelopes with one of these event ids get a 400
+        # The adapter stand-in: token -> user; every request, and the accepted ones once each.
+        self.adapter_tokens: dict[str, str] = {}
+        self.adapter_requests: list[AdapterRequest] = []
+        self.adapter_accepted: list[AdapterRequest] = []
+        self.preview_submits = False  # submit answers 200 {"preview": true} (an app's hook skipped it)
+        self._adapter_faults: deque[Fault] = deque()
+        self._heartbeat_keys: set[str] = set()
         self._in_flight: Counter[str] = Counter()
         self._faults: deque[Fault] = deque()
         self._token_faults: deque[Fault] = deque()
@@ -328,6 +365,69 @@ class LoopbackServer:
         handler.reply(200, json.dumps({"users": matches, "totalCount": len(matches)}))
 
 
+    # -- the adapter stand-in (a relay / Timeback app server, protocol reference §5) -------------
+
+    @property
+    def adapter_url(self) -> str:
+        """The adapter base (`TIMEBACK_RELAY_URL`): `<it>/activity/heartbeat` and `/submit`."""
+        return self.base_url + ADAPTER_PREFIX
+
+    def script_adapter(self, *faults: Fault) -> None:
+        """The next adapter requests get these faults, one each, in order."""
+        with self.lock:
+            self._adapter_faults.extend(faults)
+
+    def accepted_bodies(self, route: str | None = None) -> list[dict[str, Any]]:
+        """The adapter bodies accepted, once each, in arrival order (a replayed heartbeat is a
+        duplicate, not accepted again)."""
+        with self.lock:
+            return [a.parsed or {} for a in self.adapter_accepted if route is None or a.route == route]
+
+    def _adapter(self, handler: _Handler, route: str, body: bytes) -> None:
+        auth = handler.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        with self.lock:
+            user = self.adapter_tokens.get(token) if scheme in ("token", "Bearer") else None
+            fault = self._adapter_faults.popleft() if self._adapter_faults else None
+            if fault is None and time.monotonic() < self._outage_until:
+                fault = Fault.reply(self._outage_status, _adapter_error("INTERNAL_ERROR", "down for maintenance"))
+            request = AdapterRequest(route, body, scheme, user, handler.headers.get("X-Request-ID"), time.time())
+            self.adapter_requests.append(request)
+        if self.delay:
+            self._stopping.wait(self.delay)
+        if fault is not None and fault.kind == "status":
+            return handler.reply(fault.status, fault.body, fault.headers)
+        if user is None:  # identity first, before the body is read (§5.2)
+            return handler.reply(401, json.dumps(_adapter_error("UNAUTHORIZED", "Unauthorized")))
+        try:
+            parsed = json.loads(body)
+            if not isinstance(parsed, dict):
+                raise ValueError
+        except ValueError:
+            return handler.reply(400, json.dumps(_adapter_error("INVALID_PAYLOAD", "Malformed JSON body")))
+        required = ADAPTER_FIELDS[route]
+        missing = next((f for f in required if parsed.get(f) in (None, "", {})), None)
+        if missing is not None:
+            return handler.reply(
+                400, json.dumps(_adapter_error("INVALID_PAYLOAD", "Invalid payload", field=missing, why="Required"))
+            )
+        with self.lock:
+            key = f"{parsed['runId']}:{parsed['startedAt']}" if route == "heartbeat" else None
+            duplicate = key is not None and key in self._heartbeat_keys
+            if not duplicate:
+                if key is not None:
+                    self._heartbeat_keys.add(key)
+                self.adapter_accepted.append(AdapterRequest(route, body, scheme, user, request.request_id, request.at, parsed))
+        if fault is not None and fault.kind == "drop_after_store":
+            handler.close_connection = True
+            return None
+        if duplicate:
+            return handler.reply(200, json.dumps({"duplicate": True}))
+        if route == "submit" and self.preview_submits:
+            return handler.reply(200, json.dumps({"preview": True}))
+        handler.reply(204)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as a real endpoint
     disable_nagle_algorithm = True  # headers and body go out as separate writes
@@ -377,6 +477,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server_state._token(self, body)
         elif path == "/caliper/event":
             self.server_state._event(self, body)
+        elif path in (f"{ADAPTER_PREFIX}/activity/heartbeat", f"{ADAPTER_PREFIX}/activity/submit"):
+            self.server_state._adapter(self, path.rsplit("/", 1)[1], body)
         else:
             self.reply(404, json.dumps({"message": f"no route {path}"}))
 

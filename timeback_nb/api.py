@@ -220,7 +220,8 @@ def _resolve(config: str | None, selector: dict[str, Any] | None, user: dict[str
     email, user_id = resolve_user(user, settings, store)
     target = Target.from_course(course, settings, email, user_id)
     sender = get_sender(settings, store)
-    return _Context(settings, course, store, target, sender, Delivery(target, store, sender))
+    wire = "adapter" if settings.transport == "relay" else "caliper"  # the relay builds the events
+    return _Context(settings, course, store, target, sender, Delivery(target, store, sender, wire=wire))
 
 
 def _store(path: Any) -> Any:

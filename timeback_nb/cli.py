@@ -258,6 +258,13 @@ def _print_settings(settings: Settings, notes: list[str]) -> None:
         print("transport     local: events are kept in the store, nothing is sent")
     elif settings.transport == "outbox":
         print("transport     outbox: events stay queued for a trusted `timeback-nb flush` to deliver")
+    elif settings.transport == "relay":
+        print(f"transport     relay: {settings.relay_url} (POST /activity/heartbeat, /activity/submit)")
+        if settings.relay_token_source == "JUPYTERHUB_API_TOKEN":
+            token = "JUPYTERHUB_API_TOKEN, this server's hub token (sent as 'Authorization: token ...')"
+        else:
+            token = "TIMEBACK_RELAY_TOKEN (sent as 'Authorization: Bearer ...')"
+        print(f"relay token   {token}")
     else:
         print(f"transport     caliper: {settings.caliper_url}")
         print(f"token URL     {settings.auth_url}")
@@ -267,7 +274,16 @@ def _print_settings(settings: Settings, notes: list[str]) -> None:
     print(
         f"credentials   TIMEBACK_CLIENT_ID {present[bool(settings.client_id)]}, "
         f"TIMEBACK_CLIENT_SECRET {present[bool(settings.client_secret)]}"
+        + (" (relay mode needs none: the relay holds them)" if settings.transport == "relay" else "")
     )
+    if settings.transport == "relay":
+        if settings.client_secret:
+            notes.append(
+                "TIMEBACK_CLIENT_SECRET is set, but relay mode does not use it; remove it from the "
+                "kernels' environment (student code can read it there)"
+            )
+        print("user          the relay identifies the student from the token (TIMEBACK_USER_* are not used)")
+        return
     email = settings.user_email
     if settings.user_id:
         user = f"TIMEBACK_USER_ID {settings.user_id} (the OneRoster sourcedId, used as given)"
@@ -361,7 +377,11 @@ def _event_row(row: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def summarize(body: str) -> tuple[str, str, str]:
-    """(event kind, activity name, the numbers) of one stored envelope, for a table row."""
+    """(event kind, activity name, the numbers) of one stored envelope (or, in relay mode, an
+    adapter heartbeat or submit body), for a table row."""
+    adapter = _summarize_adapter(body)
+    if adapter is not None:
+        return adapter
     try:
         event = json.loads(body)["data"][0]
         items = event.get("generated", {}).get("items", [])
@@ -379,6 +399,30 @@ def summarize(body: str) -> tuple[str, str, str]:
         metrics = {**values, **({"pctComplete": pct} if pct is not None else {})}
         return "completed", activity, results_text(metrics)
     return str(event.get("type")), activity, ""
+
+
+def _summarize_adapter(body: str) -> tuple[str, str, str] | None:
+    from .adapter import HEARTBEAT, route_of
+
+    route = route_of(body) if body.startswith('{"id":') else None
+    if route is None:
+        return None
+    parsed = json.loads(body)
+    name = str(parsed.get("name", ""))
+    if route == HEARTBEAT:
+        details = f"active {parsed['elapsedMs'] / 1000:g} s"
+        if parsed.get("pausedMs"):
+            details += f", inactive {parsed['pausedMs'] / 1000:g} s"
+        return "time", name, details
+    metrics = parsed.get("metrics") if isinstance(parsed.get("metrics"), dict) else {}
+    parts = [f"xp {metrics['xpEarned']}"] if "xpEarned" in metrics else []
+    if "totalQuestions" in metrics:
+        parts.append(f"{metrics.get('correctQuestions')}/{metrics['totalQuestions']} correct")
+    if "masteredUnits" in metrics:
+        parts.append(f"mastered {metrics['masteredUnits']}")
+    if parsed.get("pctComplete") is not None:
+        parts.append(f"{parsed['pctComplete']}% complete")
+    return "completed", name, ", ".join(parts)
 
 
 # --- flush ------------------------------------------------------------------------------------

@@ -88,12 +88,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_endpoint(url: Any, field: str) -> str:
+def check_endpoint(url: Any, field: str, *, plain_http_hosts: tuple[str, ...] = ()) -> str:
     """``url`` (trimmed) if it is an absolute https URL, plain http only for a loopback host
-    (127.0.0.0/8, ::1, localhost); else a ConfigError naming ``field``.
+    (127.0.0.0/8, ::1, localhost) or one of ``plain_http_hosts``; else a ConfigError naming
+    ``field``.
 
-    The one rule for every outbound endpoint (Caliper, token, OneRoster). Credentials in the
-    URL are refused and never echoed.
+    The one rule for every outbound endpoint (Caliper, token, OneRoster, relay). Credentials
+    in the URL are refused and never echoed.
     """
     if not isinstance(url, str) or not url.strip():
         raise ConfigError(f"{field}: an endpoint URL is required", field=field)
@@ -112,18 +113,22 @@ def check_endpoint(url: Any, field: str) -> str:
     shown = f"{parts.scheme}://{host}{parts.path}"
     if has_userinfo:
         raise ConfigError(f"{field}: credentials do not belong in the URL ({shown})", field=field)
-    if parts.scheme != "https" and not _is_loopback(host):
+    allowed = {h.lower() for h in plain_http_hosts}
+    if parts.scheme != "https" and not _is_loopback(host) and host.lower() not in allowed:
+        also = f", and {', '.join(sorted(allowed))}" if allowed else ""
         raise ConfigError(
             f"{field}: must use https (plain http is allowed only for loopback hosts "
-            f"127.0.0.0/8, ::1, localhost), got {shown}",
+            f"127.0.0.0/8, ::1, localhost{also}), got {shown}",
             field=field,
         )
     return url.strip()
 
 
 # local: delivered into the store's events table; caliper: sent to the endpoint; outbox: kept
-# queued for a trusted process with the credentials to deliver (JupyterHub, see the README).
-TRANSPORTS = ("local", "caliper", "outbox")
+# queued for a trusted process with the credentials to deliver; relay: the SDK's adapter bodies
+# POSTed to a relay that holds the credentials (JupyterHub, see docs/relay.md).
+TRANSPORTS = ("local", "caliper", "outbox", "relay")
+_SECRET_FIELDS = ("client_secret", "relay_token", "hub_token")
 
 
 def unknown_transport(value: Any) -> ConfigError:
@@ -155,16 +160,34 @@ class Settings:
     transport: str  # one of TRANSPORTS
     store_path: Path
     config_path: Path | None
+    relay_url: str | None = None  # the relay's adapter base (TIMEBACK_RELAY_URL)
+    relay_token: str | None = field(default=None, repr=False)  # TIMEBACK_RELAY_TOKEN
+    hub_token: str | None = field(default=None, repr=False)  # JUPYTERHUB_API_TOKEN: under JupyterHub
+    hub_api_url: str | None = None  # JUPYTERHUB_API_URL
 
     @property
     def has_credentials(self) -> bool:
         return bool(self.client_id and self.client_secret)
 
+    @property
+    def relay_token_source(self) -> str | None:
+        """The variable whose token authenticates this kernel to the relay: the hub's own
+        token under JupyterHub, else TIMEBACK_RELAY_TOKEN; None when neither is set."""
+        if self.hub_token:
+            return "JUPYTERHUB_API_TOKEN"
+        return "TIMEBACK_RELAY_TOKEN" if self.relay_token else None
+
+    @property
+    def relay_plain_http_hosts(self) -> tuple[str, ...]:
+        """Under JupyterHub, the hub's host: the hub token already goes there over plain http
+        (e.g. Zero to JupyterHub's http://hub:8081), so a relay next to the hub may be reached so too."""
+        return _plain_http_hosts(self.hub_api_url) if self.hub_token else ()
+
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
-            if f.name == "client_secret":
-                shown.append(f"client_secret=<{'set' if self.client_secret else 'unset'}>")
+            if f.name in _SECRET_FIELDS:
+                shown.append(f"{f.name}=<{'set' if getattr(self, f.name) else 'unset'}>")
             else:
                 shown.append(f"{f.name}={getattr(self, f.name)!r}")
         return f"Settings({', '.join(shown)})"
@@ -201,7 +224,7 @@ class Settings:
                     "TIMEBACK_NB_TRANSPORT=local to keep events on this machine",
                     field=missing[0],
                 )
-            transport = "local" if missing else "caliper"
+            transport = "caliper" if not missing else "relay" if get("TIMEBACK_RELAY_URL") else "local"
         transport = transport.lower()
         if transport not in TRANSPORTS:
             raise unknown_transport(transport)
@@ -211,6 +234,17 @@ class Settings:
                 "not set",
                 field=missing[0],
             )
+        hub_token, relay_token = get("JUPYTERHUB_API_TOKEN"), get("TIMEBACK_RELAY_TOKEN")
+        hub_api_url = get("JUPYTERHUB_API_URL")
+        relay_url = get("TIMEBACK_RELAY_URL")
+        if transport == "relay":
+            relay_url = _relay_url(relay_url, hub_api_url if hub_token else None)
+            if not (hub_token or relay_token):
+                raise ConfigError(
+                    "TIMEBACK_RELAY_TOKEN: the relay transport needs a token: the kernel's own "
+                    "JUPYTERHUB_API_TOKEN under JupyterHub, else TIMEBACK_RELAY_TOKEN",
+                    field="TIMEBACK_RELAY_TOKEN",
+                )
 
         user_email = get("TIMEBACK_USER_EMAIL")
         if user_email is not None:
@@ -243,7 +277,29 @@ class Settings:
             transport=transport,
             store_path=Path(store).expanduser() if store else _default_store_path(),
             config_path=Path(config).expanduser() if config else None,
+            relay_url=relay_url,
+            relay_token=relay_token,
+            hub_token=hub_token,
+            hub_api_url=hub_api_url,
         )
+
+
+def _plain_http_hosts(hub_api_url: str | None) -> tuple[str, ...]:
+    try:
+        host = urlsplit(hub_api_url).hostname if hub_api_url else None
+    except ValueError:
+        host = None
+    return (host,) if host else ()
+
+
+def _relay_url(url: str | None, hub_api_url: str | None) -> str:
+    if url is None:
+        raise ConfigError(
+            "TIMEBACK_RELAY_URL: TIMEBACK_NB_TRANSPORT=relay needs the relay's adapter base, e.g. "
+            "https://hub.example.edu/services/timeback/api/timeback",
+            field="TIMEBACK_RELAY_URL",
+        )
+    return check_endpoint(url, "TIMEBACK_RELAY_URL", plain_http_hosts=_plain_http_hosts(hub_api_url)).rstrip("/")
 
 
 # ---------------------------------------------------------------------------------------------

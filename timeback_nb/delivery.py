@@ -18,6 +18,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import events
+from .adapter import adapter_body
 from .clock import Clock, SystemClock, iso_utc_ms
 from .errors import StateError
 from .records import Completion, Record, TimeWindow
@@ -34,9 +35,17 @@ _STORE_ERRORS = (sqlite3.Error, OSError, StateError)
 
 
 class Delivery:
-    """Turns an Activity's records into outbox rows for `target` (implements `records.Sink`)."""
+    """Turns an Activity's records into outbox rows for `target` (implements `records.Sink`).
 
-    def __init__(self, target: Target, store: Store, sender: Sender, *, clock: Clock | None = None) -> None:
+    `wire="adapter"` (relay mode) commits the SDK's heartbeat and submit bodies instead of
+    Caliper envelopes: the relay builds the events, with the same ids (`adapter`)."""
+
+    def __init__(
+        self, target: Target, store: Store, sender: Sender, *, clock: Clock | None = None, wire: str = "caliper"
+    ) -> None:
+        if wire not in ("caliper", "adapter"):
+            raise ValueError(f"wire: expected 'caliper' or 'adapter', got {wire!r}")
+        self.wire = wire
         self.target = target
         self.store = store
         self.sender = sender
@@ -111,6 +120,8 @@ class Delivery:
         return None
 
     def _build(self, record: Record) -> tuple[str, str, str]:
+        if self.wire == "adapter":
+            return adapter_body(record, self.target.user_id)
         send_time = iso_utc_ms(self.clock.wall_ms())
         if isinstance(record, TimeWindow):
             envelope = events.time_spent_envelope(record, self.target, send_time=send_time)

@@ -30,9 +30,11 @@ __all__ = [
     "completion_envelope",
     "dumps",
     "batch_key",
+    "completion_id",
     "event_id",
     "join_envelopes",
     "time_spent_envelope",
+    "time_spent_id",
 ]
 
 CALIPER_CONTEXT = "http://purl.imsglobal.org/ctx/caliper/v1p2"
@@ -108,6 +110,25 @@ def _urn(name: str) -> str:
     return f"urn:uuid:{uuid.uuid5(EVENT_NAMESPACE, name)}"
 
 
+def _time_spent_key(run_id: str, started_at: str) -> str:
+    return f"{run_id}:{iso_to_epoch_ms(started_at, 'started_at')}"
+
+
+def time_spent_id(run_id: str, started_at: str) -> str:
+    """The id of the TimeSpentEvent of the window of `run_id` that starts at `started_at`: it
+    depends only on the SDK's heartbeat de-duplication key (§5.8), whoever builds the event."""
+    return _urn(_time_spent_key(run_id, started_at))
+
+
+def _completion_key(run: str, ended_at: str) -> str:
+    return f"{run}:completed:{ended_at}"
+
+
+def completion_id(run: str, ended_at: str) -> str:
+    """The id of the completion event of `run` at the exact `ended_at` string."""
+    return _urn(_completion_key(run, ended_at))
+
+
 def _actor(target: Target) -> dict[str, Any]:
     return {
         "id": f"{target.oneroster_base}{ROSTERING_PATH}/users/{target.user_id}",
@@ -176,12 +197,12 @@ def time_spent_envelope(window: TimeWindow, target: Target, *, send_time: str) -
     The id depends only on ``runId`` and the window start in epoch ms (the SDK's heartbeat
     de-duplication key, §5.8), so the same window always has the same id.
     """
-    key = f"{window.run_id}:{iso_to_epoch_ms(window.started_at, 'started_at')}"
+    key = _time_spent_key(window.run_id, window.started_at)
     items: list[dict[str, Any]] = [{"type": "active", "value": window.elapsed_ms / 1000}]
     if window.paused_ms > 0:
         items.append({"type": "inactive", "value": window.paused_ms / 1000})
     event = _event(
-        event_id=_urn(key),
+        event_id=time_spent_id(window.run_id, window.started_at),
         kind=("TimeSpentEvent", "SpentTime"),
         target=target,
         object_id=activity_url(target.sensor, window.activity.course, window.activity.id),
@@ -210,7 +231,7 @@ def completion_envelope(
         raise invalid("attempt", f"expected an integer ≥ 1, got {attempt!r}")
     object_id = activity_url(target.sensor, completion.activity.course, completion.activity.id)
     run = completion.run_id or f"{object_id}:{_actor(target)['id']}"
-    key = f"{run}:completed:{completion.ended_at}"
+    key = _completion_key(run, completion.ended_at)
     metrics = completion.metrics
     generated: dict[str, Any] = {
         "id": _urn(f"{key}:generated"),
@@ -225,7 +246,7 @@ def completion_envelope(
     if metrics.get("pctComplete") is not None:
         generated["extensions"] = {"pctCompleteApp": metrics["pctComplete"]}
     event = _event(
-        event_id=_urn(key),
+        event_id=completion_id(run, completion.ended_at),
         kind=("ActivityEvent", "Completed"),
         target=target,
         object_id=object_id,

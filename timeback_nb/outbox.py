@@ -238,6 +238,7 @@ class Sender:
         with self._held_lock:
             self._held = [r.seq for r in rows]
         try:
+            rows = self._park_foreign(rows)
             for chunk in self._chunks(rows):
                 if self._stop.is_set() or not self._deliver(chunk):
                     break
@@ -248,6 +249,25 @@ class Sender:
                 self.store.release(self.owner, left)
             self._report()
         return True
+
+    def _park_foreign(self, rows: list[Row]) -> list[Row]:
+        """Reject the rows this transport cannot send (committed while another transport was
+        configured: Caliper envelopes cannot go to a relay, adapter bodies not to Caliper), with
+        the reason; they stay in the store, shown. The others are returned."""
+        kinds = getattr(self.transport, "kinds", None)
+        if kinds is None:
+            return rows
+        for row in rows:
+            if row.kind not in kinds:
+                reason = (
+                    f"a {row.kind!r} row, committed under another transport; this one sends "
+                    f"{', '.join(kinds)} rows (set TIMEBACK_NB_TRANSPORT back to deliver it)"
+                )
+                with self._held_lock:
+                    self._held.remove(row.seq)
+                self.store.mark_rejected(row.seq, reason)
+                self._set_error(reason, passes=False)
+        return [row for row in rows if row.kind in kinds]
 
     def _chunks(self, rows: list[Row]) -> list[list[Row]]:
         """The leased rows as requests: one row each, or with `batch_size` > 1 and a transport
@@ -363,14 +383,26 @@ _registry_lock = threading.Lock()
 def _registry_key(settings: Settings, store: Store) -> tuple[str, ...]:
     if settings.transport in ("local", "outbox"):
         return (str(store.path), settings.transport)
+    if settings.transport == "relay":
+        token = hashlib.sha256((settings.hub_token or settings.relay_token or "").encode("utf-8")).hexdigest()
+        return (str(store.path), "relay", settings.relay_url or "", token)
     secret = hashlib.sha256((settings.client_secret or "").encode("utf-8")).hexdigest()
     return (str(store.path), "caliper", settings.caliper_url, settings.auth_url, settings.client_id or "", secret)
 
 
 def make_transport(settings: Settings, store: Store) -> Transport:
-    """The transport `settings` ask for: the store's events table, or a Caliper endpoint."""
+    """The transport `settings` ask for: the store's events table, a Caliper endpoint, or a relay."""
     if settings.transport == "local":
         return LocalTransport(store)
+    if settings.transport == "relay":
+        from .adapter import RelayTransport
+
+        return RelayTransport(
+            settings.relay_url or "",
+            settings.hub_token or settings.relay_token or "",
+            scheme="token" if settings.hub_token else "Bearer",
+            plain_http_hosts=settings.relay_plain_http_hosts,
+        )
     if settings.transport == "caliper":
         return CaliperTransport(
             settings.caliper_url, settings.auth_url, settings.client_id or "", settings.client_secret or ""

@@ -79,8 +79,13 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+CALIPER_KINDS = ("time", "completion")  # outbox rows holding Caliper envelopes
+
+
 class LocalTransport:
     """Delivers into the `events` table of the same store (the embedded default)."""
+
+    kinds = CALIPER_KINDS  # the rows it can send (the sender parks the others)
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -188,6 +193,8 @@ class CaliperTransport:
     httpx's per-operation timeouts unless it was passed to `enforce_deadlines`. The token is
     cached until shortly before it expires; threads share one in-flight token request.
     """
+
+    kinds = CALIPER_KINDS
 
     def __init__(
         self,
