@@ -270,7 +270,7 @@ def event_id(envelope: Mapping[str, Any]) -> str:
 
 # The head of an envelope as `dumps` writes it (keys in `_envelope`'s order, compact): the
 # sensor, sendTime and dataVersion as JSON strings, then the data array, which ends the body.
-_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+_JSON_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
 _ENVELOPE_HEAD = re.compile(
     rf'\{{"sensor":({_JSON_STRING}),"sendTime":({_JSON_STRING}),"dataVersion":({_JSON_STRING}),"data":\['
 )

@@ -180,7 +180,7 @@ class Sender:
         self._expedite = True
         self.start()
         self._wake.set()
-        while self.store.queued_count(max_seq=last) > 0:
+        while self.store.any_queued(max_seq=last):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

@@ -407,17 +407,14 @@ class Store:
         self._finish(seq, "delivered", None)
 
     def mark_delivered_many(self, seqs: list[int]) -> None:
-        """`mark_delivered` for the rows of one batch, in one transaction."""
-        if len(seqs) == 1:
-            return self._finish(seqs[0], "delivered", None)
-        now = time.time()
-        with self._tx() as conn:
-            conn.executemany(
+        """`mark_delivered` for the rows of one batch, in one statement."""
+        for start in range(0, len(seqs), 500):  # SQLite's host parameters are limited
+            part = seqs[start : start + 500]
+            self._write(
                 "UPDATE outbox SET state = 'delivered', reason = NULL, attempts = attempts + 1, lease_owner = NULL,"
-                " lease_until = NULL, updated = ? WHERE seq = ? AND state = 'queued'",
-                [(now, seq) for seq in seqs],
+                f" lease_until = NULL, updated = ? WHERE seq IN ({','.join('?' * len(part))}) AND state = 'queued'",
+                (time.time(), *part),
             )
-        return None
 
     def mark_rejected(self, seq: int, reason: str) -> None:
         self._finish(seq, "rejected", reason)
@@ -465,6 +462,13 @@ class Store:
 
     def last_seq(self) -> int:
         return int(self._query("SELECT COALESCE(MAX(seq), 0) FROM outbox")[0][0])
+
+    def any_queued(self, *, max_seq: int) -> bool:
+        """Whether a row with `seq <= max_seq` is still queued: one index probe, however many
+        are (a flush asks after every request the sender makes)."""
+        return bool(
+            self._query("SELECT 1 FROM outbox INDEXED BY outbox_queued WHERE state = 'queued' AND seq <= ? LIMIT 1", (max_seq,))
+        )
 
     def queued_count(self, *, max_seq: int) -> int:
         """Queued rows with `seq <= max_seq` (cheap: read from an index)."""
