@@ -17,7 +17,7 @@ from timeback_nb.outbox import Sender
 from timeback_nb.store import Store
 from timeback_nb.transport import CaliperTransport, Outcome
 
-from .loopback import CLIENT_ID, CLIENT_SECRET, LoopbackServer
+from .loopback import CLIENT_ID, CLIENT_SECRET, Fault, LoopbackServer
 from .schema import validate_envelope
 from .test_delivery_integration import FAST, RUN, T0, completion, target, window
 
@@ -239,3 +239,13 @@ def test_a_transport_without_batches_gets_one_row_per_send(store: Store, make_se
     transport = Single()
     assert make_sender(store, transport, batch_size=10).flush(5)["delivered"] == 3
     assert transport.sent == ids
+
+
+def test_a_batch_too_large_for_the_endpoint_goes_through_in_halves(
+    store: Store, server: LoopbackServer, transport, make_sender
+) -> None:
+    ids = enqueue_windows(store, 8)
+    server.script(Fault.reply(413, {"message": "request entity too large"}))
+    assert make_sender(store, transport, batch_size=8).flush(5) == {"delivered": 8, "queued": 0, "rejected": 0}
+    assert [len(r.event_ids) for r in server.received] == [8, 4, 4]
+    assert server.stored_ids == ids
