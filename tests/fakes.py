@@ -51,6 +51,20 @@ class Page:
         )
 
 
+def visit_and_end(activity, metrics: dict | None, seconds: float = 0.5, timeout: float = 3.0) -> None:
+    """A page shows the activity for `seconds`, then `end(metrics)`; waits until it finished."""
+    import time
+
+    page = Page(activity, activity._clock, clock_offset=0)
+    page.send("transition", True)
+    time.sleep(seconds)
+    activity.end(metrics)
+    page.send("ping", True)
+    deadline = time.monotonic() + timeout
+    while not activity.finished and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 class PingingPage:
     """A visible page on its own thread with the real clock: a transition, then a ping whenever
     the kernel's reply says (`nextPingMs`, clamped to 20 ms–10 s as js/format.js does)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -15,11 +14,13 @@ from timeback_nb.clock import iso_utc_ms
 from timeback_nb.errors import TimebackError
 from timeback_nb.outbox import Sender
 from timeback_nb.store import Store
-from timeback_nb.transport import CaliperTransport, Outcome
+from timeback_nb.transport import Outcome
 
-from .loopback import CLIENT_ID, CLIENT_SECRET, Fault, LoopbackServer
+from .loopback import Fault, LoopbackServer
 from .schema import validate_envelope
-from .test_delivery_integration import FAST, RUN, T0, completion, target, window
+from .test_delivery_integration import RUN, T0, completion, target, window
+from .test_outbox import senders, store  # noqa: F401 (fixtures: senders stopped after the test, a store)
+from .test_transport import server, transport  # noqa: F401 (fixtures: a loopback endpoint, its transport)
 
 
 def enqueue_windows(store: Store, n: int, *, run: str = RUN, sensor: str | None = None) -> list[str]:
@@ -31,38 +32,6 @@ def enqueue_windows(store: Store, n: int, *, run: str = RUN, sensor: str | None 
         store.enqueue(events.event_id(envelope), "time", run, events.dumps(envelope))
         ids.append(events.event_id(envelope))
     return ids
-
-
-@pytest.fixture
-def server():
-    with LoopbackServer() as s:
-        yield s
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "tb.sqlite3") as s:
-        yield s
-
-
-@pytest.fixture
-def transport(server: LoopbackServer):
-    with CaliperTransport(server.event_url, server.token_url, CLIENT_ID, CLIENT_SECRET, timeout=2) as t:
-        yield t
-
-
-@pytest.fixture
-def make_sender():
-    made: list[Sender] = []
-
-    def make(store: Store, transport: object, **kwargs: object) -> Sender:
-        sender = Sender(store, transport, backoff=FAST, **kwargs)  # type: ignore[arg-type]
-        made.append(sender)
-        return sender
-
-    yield make
-    for sender in made:
-        sender.stop(5)
 
 
 # -- joining envelopes ------------------------------------------------------------------------------
@@ -110,17 +79,17 @@ def test_batch_size_must_be_an_integer_from_1_to_1000(store: Store, bad: object)
     assert caught.value.field == "batch_size"
 
 
-def test_one_event_per_envelope_by_default(store: Store, server: LoopbackServer, transport, make_sender) -> None:
+def test_one_event_per_envelope_by_default(store: Store, server: LoopbackServer, transport, senders) -> None:
     ids = enqueue_windows(store, 5)
-    assert make_sender(store, transport).flush(5) == {"delivered": 5, "queued": 0, "rejected": 0}
+    assert senders(store, transport).flush(5) == {"delivered": 5, "queued": 0, "rejected": 0}
     assert [r.event_ids for r in server.received] == [[e] for e in ids]
 
 
 def test_a_batched_drain_sends_n_events_per_envelope_once_each_in_order(
-    store: Store, server: LoopbackServer, transport, make_sender
+    store: Store, server: LoopbackServer, transport, senders
 ) -> None:
     ids = enqueue_windows(store, 25)
-    sender = make_sender(store, transport, batch_size=10, batch=100)
+    sender = senders(store, transport, batch_size=10, batch=100)
     assert sender.flush(5) == {"delivered": 25, "queued": 0, "rejected": 0}
     assert [len(r.event_ids) for r in server.received] == [10, 10, 5]
     assert server.stored_ids == ids and server.received_ids() == ids
@@ -129,20 +98,20 @@ def test_a_batched_drain_sends_n_events_per_envelope_once_each_in_order(
     assert all(r["attempts"] == 1 for r in store.events())
 
 
-def test_batches_are_not_larger_than_a_lease(store: Store, server: LoopbackServer, transport, make_sender) -> None:
+def test_batches_are_not_larger_than_a_lease(store: Store, server: LoopbackServer, transport, senders) -> None:
     ids = enqueue_windows(store, 12)
-    sender = make_sender(store, transport, batch_size=50, batch=5)  # a lease takes max(batch, batch_size)
+    sender = senders(store, transport, batch_size=50, batch=5)  # a lease takes max(batch, batch_size)
     assert sender.flush(5)["delivered"] == 12
     assert [len(r.event_ids) for r in server.received] == [12] and server.stored_ids == ids
 
 
 def test_a_rejected_batch_is_split_until_the_bad_events_stand_alone(
-    store: Store, server: LoopbackServer, transport, make_sender
+    store: Store, server: LoopbackServer, transport, senders
 ) -> None:
     ids = enqueue_windows(store, 16)
     bad = {ids[3], ids[12]}
     server.refuse(*bad)
-    sender = make_sender(store, transport, batch_size=16)
+    sender = senders(store, transport, batch_size=16)
 
     assert sender.flush(5) == {"delivered": 14, "queued": 0, "rejected": 2}
 
@@ -158,20 +127,20 @@ def test_a_rejected_batch_is_split_until_the_bad_events_stand_alone(
 
 
 def test_a_batch_that_fails_is_retried_whole_and_nothing_is_stored_twice(
-    store: Store, server: LoopbackServer, transport, make_sender
+    store: Store, server: LoopbackServer, transport, senders
 ) -> None:
     ids = enqueue_windows(store, 8)
-    server.outage(0.3)
-    sender = make_sender(store, transport, batch_size=8)
-    sender.start()
+    server.script(Fault.reply(503, {"message": "down"}), Fault.reply(429, {"message": "busy"}, {"Retry-After": "0"}))
+    sender = senders(store, transport, batch_size=8)
     assert sender.flush(10) == {"delivered": 8, "queued": 0, "rejected": 0}
     assert server.stored_ids == ids
-    assert all(len(r.event_ids) == 8 for r in server.received) and len(server.received) >= 2
+    assert [len(r.event_ids) for r in server.received] == [8, 8, 8]
+    assert [r["attempts"] for r in store.events()] == [3] * 8  # each failed try counted on every row
     assert sender.last_error is None  # the retry's error passed with the delivery
 
 
 def test_events_of_different_sensors_go_in_separate_envelopes_and_each_run_stays_in_order(
-    store: Store, server: LoopbackServer, transport, make_sender
+    store: Store, server: LoopbackServer, transport, senders
 ) -> None:
     other_run = "0b7e4d8a-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
     mine, theirs = [], []
@@ -185,7 +154,7 @@ def test_events_of_different_sensors_go_in_separate_envelopes_and_each_run_stays
         store.enqueue(events.event_id(envelope), "time", other_run, events.dumps(envelope))
         theirs.append(events.event_id(envelope))
 
-    assert make_sender(store, transport, batch_size=10).flush(5)["delivered"] == 12
+    assert senders(store, transport, batch_size=10).flush(5)["delivered"] == 12
 
     assert [r.event_ids for r in server.received] == [mine, theirs]
     assert {json.loads(r.body)["sensor"] for r in server.received} == {
@@ -214,16 +183,16 @@ class RecordingTransport:
         pass
 
 
-def test_a_row_that_is_no_envelope_goes_alone_and_nothing_overtakes_it(store: Store, make_sender) -> None:
+def test_a_row_that_is_no_envelope_goes_alone_and_nothing_overtakes_it(store: Store, senders) -> None:
     ids = enqueue_windows(store, 4)
     store.enqueue("odd", "time", RUN, '{"not": "an envelope"}')
     more = enqueue_windows(store, 6)[4:]
     transport = RecordingTransport()
-    assert make_sender(store, transport, batch_size=10).flush(5)["delivered"] == 7
+    assert senders(store, transport, batch_size=10).flush(5)["delivered"] == 7
     assert transport.requests == [ids, ["odd"], more]
 
 
-def test_a_transport_without_batches_gets_one_row_per_send(store: Store, make_sender) -> None:
+def test_a_transport_without_batches_gets_one_row_per_send(store: Store, senders) -> None:
     ids = enqueue_windows(store, 3)
 
     class Single:
@@ -237,15 +206,15 @@ def test_a_transport_without_batches_gets_one_row_per_send(store: Store, make_se
             pass
 
     transport = Single()
-    assert make_sender(store, transport, batch_size=10).flush(5)["delivered"] == 3
+    assert senders(store, transport, batch_size=10).flush(5)["delivered"] == 3
     assert transport.sent == ids
 
 
 def test_a_batch_too_large_for_the_endpoint_goes_through_in_halves(
-    store: Store, server: LoopbackServer, transport, make_sender
+    store: Store, server: LoopbackServer, transport, senders
 ) -> None:
     ids = enqueue_windows(store, 8)
     server.script(Fault.reply(413, {"message": "request entity too large"}))
-    assert make_sender(store, transport, batch_size=8).flush(5) == {"delivered": 8, "queued": 0, "rejected": 0}
+    assert senders(store, transport, batch_size=8).flush(5) == {"delivered": 8, "queued": 0, "rejected": 0}
     assert [len(r.event_ids) for r in server.received] == [8, 4, 4]
     assert server.stored_ids == ids

@@ -12,7 +12,7 @@ import pytest
 import timeback_nb
 from timeback_nb.errors import ConfigError, StateError, TimebackError, ValidationError
 
-from tests.fakes import Page
+from tests.fakes import visit_and_end
 
 MATH8 = {"subject": "Math", "grade": 8}
 
@@ -32,16 +32,7 @@ def delivered(tmp_path: Path) -> list[dict]:
 def test_start_tracks_ends_and_delivers_into_the_local_store(local: Path) -> None:
     activity = timeback_nb.start("week-3", "Week 3: Linear functions", MATH8, heartbeat_interval=0.2, display=False)
     assert timeback_nb.current() is activity and activity.mode == "local"
-    page = Page(activity, activity._clock, clock_offset=0)
-    page.send("transition", True)
-    import time
-
-    time.sleep(0.5)
-    activity.end({"xpEarned": 12, "totalQuestions": 10, "correctQuestions": 8, "pctComplete": 40})
-    page.send("ping", True)
-    deadline = time.monotonic() + 3
-    while not activity.finished and time.monotonic() < deadline:
-        time.sleep(0.01)
+    visit_and_end(activity, {"xpEarned": 12, "totalQuestions": 10, "correctQuestions": 8, "pctComplete": 40})
     assert activity.finished and timeback_nb.current() is None
     counts = timeback_nb.flush(timeout=5)
     assert counts["queued"] == 0 and counts["rejected"] == 0
