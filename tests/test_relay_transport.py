@@ -291,7 +291,11 @@ def test_any_other_4xx_rejects_the_event_with_the_relays_code_and_message_shown(
     assert kernel.sender.flush(5) == {"delivered": 1, "queued": 0, "rejected": 1}  # the next one still goes
     rejected = kernel.store.events(state="rejected")
     assert [r["reason"] for r in rejected] == [words]
-    assert kernel.sender.last_error == words and statuses[-1]["last_error"] == words
+    assert kernel.sender.last_error == words
+    deadline = time.monotonic() + 5  # the sender reports right after it marks the rows
+    while not (statuses and statuses[-1]["last_error"] == words) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert statuses[-1]["last_error"] == words
     monkeypatch.setenv("TIMEBACK_NB_STORE", str(kernel.store.path))
     assert cli.main(["events", "--state", "rejected"]) == 0
     out = capsys.readouterr().out
