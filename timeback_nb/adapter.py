@@ -26,8 +26,11 @@ import httpx
 
 from . import events
 from .config import check_endpoint
+from .deadline import deadline, deadline_client
 from .records import Completion, TimeWindow
-from .transport import MAX_REASON_CHARS, Outcome, _Secret, request_id, retry_after_seconds
+from .redaction import Redactor
+from .transport import MAX_REASON_CHARS, MAX_TIMEOUT_S, MIN_TIMEOUT_S, Outcome, _Secret, request_id, retry_after_seconds
+from .validation import validate_timeout
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,8 @@ class RelayTransport:
     """POSTs adapter bodies to a relay at `base_url` with the kernel's own token.
 
     `scheme` is `token` (a JupyterHub API token, as the hub itself takes it) or `Bearer`.
-    `client` (an `httpx.Client`) may be injected; it is then the caller's to close.
+    `client` (an `httpx.Client`) may be injected; it is then the caller's to close. Each
+    request has an overall deadline of `timeout` seconds, as in caliper mode.
     """
 
     kinds = KINDS  # the outbox rows this transport can send (the sender parks the others)
@@ -120,11 +124,12 @@ class RelayTransport:
         if scheme not in ("token", "Bearer"):
             raise ValueError(f"scheme: expected 'token' or 'Bearer', got {scheme!r}")
         self.scheme = scheme
-        self.timeout = timeout
-        self._token = _Secret(token)
+        self.timeout = validate_timeout(timeout, "timeout", low=MIN_TIMEOUT_S, high=MAX_TIMEOUT_S)
         self._auth = _Secret(f"{scheme} {token}")
+        self.redact = Redactor()  # a relay may echo the token it was sent
+        self.redact.add_secret(token)
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=timeout, verify=True)
+        self._client = client if client is not None else deadline_client(self.timeout)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -143,8 +148,8 @@ class RelayTransport:
         self.close()
 
     def _scrub(self, text: str) -> str:
-        token = self._token.reveal()
-        return (text.replace(token, "***") if token else text)[:MAX_REASON_CHARS]
+        """Masked first, then cut short (a cut could leave the start of the token unrecognised)."""
+        return self.redact(text)[:MAX_REASON_CHARS]
 
     def send(self, body: str, event_id: str) -> Outcome:
         if self._closed:
@@ -163,7 +168,8 @@ class RelayTransport:
             "X-Request-ID": request_id(event_id),
         }
         try:
-            response = self._client.post(url, content=body.encode("utf-8"), headers=headers, timeout=self.timeout)
+            with deadline(self.timeout):
+                response = self._client.post(url, content=body.encode("utf-8"), headers=headers, timeout=self.timeout)
         except httpx.TimeoutException as exc:
             return Outcome.retry(None, f"relay: timeout after {self.timeout:g} s ({type(exc).__name__})")
         except httpx.HTTPError as exc:
