@@ -242,3 +242,22 @@ def test_a_pct_complete_that_looks_like_a_fraction_is_kept_with_one_warning(monk
             validate_metrics({"xpEarned": 1, "pctComplete": pct})
     with pytest.warns(UserWarning, match=r"did you mean 100\?"):
         validate_metrics({"xpEarned": 1, "pctComplete": 1})
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("key", ["xpEarned", "totalQuestions", "correctQuestions", "masteredUnits", "pctComplete"])
+@pytest.mark.parametrize("value", [10**400, -(10**400), 2**53, math.nan, math.inf, -1e-300, 1e300], ids=repr)
+def test_a_huge_or_non_finite_metric_is_refused_naming_it(key: str, value) -> None:
+    metrics = {"xpEarned": 1, "totalQuestions": 10**9, "correctQuestions": 0}
+    metrics[key] = value
+    with pytest.raises(ValidationError, match=rf"^metrics\.{key}: ") as caught:
+        validate_metrics(metrics)
+    assert caught.value.field == f"metrics.{key}"
+
+
+def test_metrics_up_to_the_largest_exact_json_integer_are_kept() -> None:
+    top = 2**53 - 1
+    assert validate_metrics({"xpEarned": top, "totalQuestions": top, "correctQuestions": top, "masteredUnits": top}) == {
+        "xpEarned": top, "totalQuestions": top, "correctQuestions": top, "masteredUnits": top,
+    }
+    assert validate_metrics({"xpEarned": 5e-324})["xpEarned"] == 5e-324  # tiny but a real amount

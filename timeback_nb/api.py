@@ -21,7 +21,6 @@ from .validation import (
     validate_course_selector,
     validate_ended_at,
     validate_flush_timeout,
-    validate_interval,
     validate_metrics,
     validate_name,
     validate_run_id,
@@ -84,7 +83,7 @@ def start(
         {"heartbeat_interval": heartbeat_interval, "abandon_after": abandon_after},
         ipython_config=getattr(shell, "config", None),
     )
-    interval, abandon = validate_interval(options["heartbeat_interval"], options["abandon_after"])
+    interval, abandon = options["heartbeat_interval"], options["abandon_after"]
     idle = resolve_idle_after(idle_after, ipython_config=getattr(shell, "config", None))
     if idle is not None and idle > abandon:
         raise invalid("idle_after", f"must be ≤ abandon_after ({abandon:g} s), got {idle:g} s")

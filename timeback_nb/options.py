@@ -17,11 +17,12 @@ from traitlets import Float
 from traitlets.config import Configurable
 
 from .errors import invalid
-from .validation import validate_idle_after
+from .validation import validate_idle_after, validate_seconds
 
 ENV_VARS = {
     "heartbeat_interval": "TIMEBACK_NB_HEARTBEAT_INTERVAL",
     "abandon_after": "TIMEBACK_NB_ABANDON_AFTER",
+    "ping_interval": "TIMEBACK_NB_PING_INTERVAL",
 }
 
 
@@ -53,21 +54,35 @@ IDLE_AFTER_ENV = "TIMEBACK_NB_IDLE_AFTER"
 def resolve_options(
     arguments: Mapping[str, Any], *, environ: Mapping[str, str] | None = None, ipython_config: Any = None
 ) -> dict[str, float]:
-    """The effective knob values; `arguments` holds only the ones passed explicitly (not None)."""
+    """The effective knob values; `arguments` holds only the ones passed explicitly (not None).
+
+    Each value is checked where it came from, so a refusal names the argument, the environment
+    variable or the `c.Timeback.<name>` option to fix (a `TimebackError`, never a traitlets or
+    arithmetic error)."""
     environ = os.environ if environ is None else environ
-    configured = Timeback(config=ipython_config) if ipython_config is not None else Timeback()
+    section = _config_section(ipython_config)
     values: dict[str, float] = {}
+    sources: dict[str, str] = {}
     for name in ("heartbeat_interval", "abandon_after", "ping_interval"):
         if arguments.get(name) is not None:
-            values[name] = arguments[name]
-        elif environ.get(ENV_VARS.get(name, "")):
-            raw = environ[ENV_VARS[name]]
+            source, raw = name, arguments[name]
+        elif environ.get(ENV_VARS[name]):
+            source, text = ENV_VARS[name], environ[ENV_VARS[name]]
             try:
-                values[name] = float(raw)
+                raw = float(text)
             except ValueError:
-                raise invalid(ENV_VARS[name], f"must be a number of seconds, not {raw!r}") from None
+                raise invalid(source, f"must be a number of seconds, not {text!r}") from None
+        elif name in section:
+            source, raw = f"c.Timeback.{name}", section[name]
         else:
-            values[name] = getattr(configured, name)
+            source, raw = name, Timeback.class_traits()[name].default_value
+        values[name] = validate_seconds(raw, source, name)
+        sources[name] = source
+    if values["abandon_after"] < values["heartbeat_interval"]:
+        raise invalid(
+            sources["abandon_after"],
+            f"must be ≥ heartbeat_interval ({values['heartbeat_interval']:g} s), got {values['abandon_after']:g} s",
+        )
     return values
 
 
@@ -87,7 +102,19 @@ def resolve_idle_after(
             return validate_idle_after(float(text), IDLE_AFTER_ENV)
         except ValueError:
             raise invalid(IDLE_AFTER_ENV, f"must be a number of seconds or 'off', not {text!r}") from None
-    configured = Timeback(config=ipython_config) if ipython_config is not None else Timeback()
-    if configured.idle_after is None:
+    configured = _config_section(ipython_config).get("idle_after")
+    if configured is None:
         return None
-    return validate_idle_after(configured.idle_after, "c.Timeback.idle_after")
+    return validate_idle_after(configured, "c.Timeback.idle_after")
+
+
+def _config_section(ipython_config: Any) -> Mapping[str, Any]:
+    """The `c.Timeback` values as set, unconverted (a traitlets conversion error would not say
+    which option is wrong in our terms)."""
+    if ipython_config is None:
+        return {}
+    try:
+        section = ipython_config.get("Timeback") if "Timeback" in ipython_config else None
+    except Exception:
+        return {}
+    return section if isinstance(section, Mapping) else {}

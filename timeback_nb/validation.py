@@ -158,16 +158,45 @@ def validate_run_id(value: Any, field: str = "run_id") -> str:
     return value.lower()
 
 
-def _positive_seconds(value: Any, field: str) -> float:
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise invalid(field, f"expected a finite number of seconds > 0, got {_show(value)}")
-    return float(value)
+# (smallest, largest) accepted seconds per knob: below the smallest the heartbeat would spin
+# (a window of 0 ms), above the largest the number means nothing a notebook session could use.
+SECONDS_RANGES: dict[str, tuple[float, float]] = {
+    "heartbeat_interval": (0.1, 86_400.0),
+    "abandon_after": (0.1, 7 * 86_400.0),
+    "ping_interval": (0.05, 300.0),
+}
+
+# The largest integer a JSON number carries exactly (JavaScript's Number.MAX_SAFE_INTEGER).
+MAX_JSON_INT = 2**53 - 1
+
+
+def _finite(value: Any) -> float | None:
+    """`value` as a finite float, or None (also for numbers too large for a float, e.g. 10**400)."""
+    if not _is_number(value):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def validate_seconds(value: Any, field: str, knob: str | None = None) -> float:
+    """A number of seconds for the knob `knob` (default: `field`) within its range, as float;
+    `field` is what the message names (an argument, an environment variable, a config option)."""
+    low, high = SECONDS_RANGES[knob or field]
+    number = _finite(value)
+    if number is None or not low <= number <= high:
+        raise invalid(
+            field, f"expected a number of seconds from {low:g} to {high:,g} (finite, > 0), got {_show(value)}"
+        )
+    return number
 
 
 def validate_interval(heartbeat_interval: Any, abandon_after: Any) -> tuple[float, float]:
     """Heartbeat period and abandonment cut-off in seconds; abandon_after ≥ heartbeat_interval."""
-    interval = _positive_seconds(heartbeat_interval, "heartbeat_interval")
-    abandon = _positive_seconds(abandon_after, "abandon_after")
+    interval = validate_seconds(heartbeat_interval, "heartbeat_interval")
+    abandon = validate_seconds(abandon_after, "abandon_after")
     if abandon < interval:
         raise invalid(
             "abandon_after",
@@ -184,7 +213,8 @@ def validate_idle_after(value: Any, field: str = "idle_after") -> float | None:
     if value is False or (_is_number(value) and value == 0):
         return None
     low, high = IDLE_AFTER_RANGE
-    if not _is_number(value) or not math.isfinite(value) or not low <= value <= high:
+    number = _finite(value)
+    if number is None or not low <= number <= high:
         raise invalid(field, f"expected 0 (off) or a number of seconds from {low:g} to {high:,g}, got {_show(value)}")
     return float(value)
 
@@ -194,8 +224,8 @@ def _count(metrics: Mapping[str, Any], key: str) -> int | None:
     if value is None:
         return None
     number = _as_int(value)
-    if number is None or number < 0:
-        raise invalid(f"metrics.{key}", f"expected an integer ≥ 0, got {_show(value)}")
+    if number is None or not 0 <= number <= MAX_JSON_INT:
+        raise invalid(f"metrics.{key}", f"expected an integer ≥ 0 and ≤ {MAX_JSON_INT}, got {_show(value)}")
     return number
 
 
@@ -219,8 +249,9 @@ def validate_metrics(metrics: Any) -> dict[str, Any]:
     xp = metrics.get("xpEarned")
     if xp is None:
         raise invalid("metrics.xpEarned", "required: a finite number ≥ 0 (the XP this run earned)")
-    if not _is_number(xp) or not math.isfinite(xp) or xp < 0:
-        raise invalid("metrics.xpEarned", f"expected a finite number ≥ 0, got {_show(xp)}")
+    xp_number = _finite(xp)
+    if xp_number is None or not 0 <= xp_number <= MAX_JSON_INT:
+        raise invalid("metrics.xpEarned", f"expected a finite number ≥ 0 and ≤ {MAX_JSON_INT}, got {_show(xp)}")
 
     total = _count(metrics, "totalQuestions")
     correct = _count(metrics, "correctQuestions")
@@ -241,7 +272,7 @@ def validate_metrics(metrics: Any) -> dict[str, Any]:
     mastered = _count(metrics, "masteredUnits")
 
     pct = metrics.get("pctComplete")
-    if pct is not None and (not _is_number(pct) or not math.isfinite(pct) or not 0 <= pct <= 100):
+    if pct is not None and (_finite(pct) is None or not 0 <= pct <= 100):
         raise invalid("metrics.pctComplete", f"expected a number from 0 to 100, got {_show(pct)}")
     if pct is not None and 0 < pct <= 1:
         _warn_once_about_a_fraction(pct)
