@@ -336,3 +336,28 @@ def test_a_page_within_the_grace_period_silences_the_notice(caplog: pytest.LogCa
     clock.advance(4000)
     activity._tick()
     assert not [r for r in caplog.records if "not being counted" in r.getMessage()]
+
+
+def test_a_tick_computed_before_end_cannot_overwrite_the_ended_state() -> None:
+    # Issue 12 §13: the heartbeat thread computes its values under the lock and publishes them
+    # after; end() on another thread in between must stay the last word.
+    computed, resume = threading.Event(), threading.Event()
+
+    class PreemptedAfterComputing(Activity):
+        def set_trait(self, name, value):
+            if threading.current_thread().name == "stale-tick" and name == "state":
+                computed.set()
+                resume.wait(3)
+            super().set_trait(name, value)
+
+    clock = FakeClock()
+    sink = MemorySink()
+    activity = PreemptedAfterComputing(REF, run_id=RUN_ID, sink=sink, clock=clock, heartbeat_interval=1.0, abandon_after=5.0)
+    Page(activity, clock).send("transition", True)
+    stale = threading.Thread(target=activity._tick, name="stale-tick")
+    stale.start()
+    assert computed.wait(3)
+    activity.end()
+    resume.set()
+    stale.join(5)
+    assert activity.state == "ended"

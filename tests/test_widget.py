@@ -300,3 +300,20 @@ def test_the_real_activity_accepts_page_reports_and_replies_with_the_contract() 
     assert w.pages_showing == 2
     from_page(w, report(seq=2, page="page-b", kind="transition", visible=False, t=60.0))
     assert w.pages_showing == 1
+
+
+def test_a_reply_computed_before_end_cannot_show_a_live_state_after_it() -> None:
+    # The page's report is handled on a subshell while the end cell runs on the main shell:
+    # the reply says "active", then end() ends the run before the reply reaches the traits.
+    class EndsMeanwhile(FakeActivity):
+        ended = False
+
+        def page_message(self, message: dict[str, Any]) -> dict[str, Any] | None:
+            reply = super().page_message(message)
+            self.ended = True
+            self.snap["state"] = "ended"
+            return reply
+
+    w = TimebackWidget(EndsMeanwhile())
+    from_page(w, report())
+    assert w.state == "ended"

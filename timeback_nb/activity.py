@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import Any, Callable, Mapping
 
-from traitlets import Bool, Enum, HasTraits, Int, Unicode
+from traitlets import Bool, Enum, HasTraits, Int, Unicode, validate
 
 from .clock import Clock, SystemClock, WallAnchor, format_elapsed
 from .errors import StateError, ValidationError
@@ -93,6 +93,13 @@ class Activity(HasTraits):
         self._heartbeat = Heartbeat(self._tick, name=f"timeback-heartbeat-{ref.id}")
         self.set_trait("run_id", run_id)
         self.set_trait("started_at", self._anchor.iso(now))
+
+    @validate("state")
+    def _ended_is_final(self, proposal: Any) -> str:
+        # A tick computes its values under the lock and publishes them after: one computed
+        # before end() may arrive after it, and must not make an ended run look live.
+        ledger = getattr(self, "_ledger", None)
+        return "ended" if ledger is not None and ledger.end_at is not None else proposal["value"]
 
     # -- identity ----------------------------------------------------------------------------
 

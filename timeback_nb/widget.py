@@ -133,6 +133,8 @@ class TimebackWidget(anywidget.AnyWidget):
         with self.hold_sync():
             for trait, value in _shown(reply).items():
                 setattr(self, trait, value)
+            if getattr(self._activity, "ended", False):
+                self.state = "ended"  # end() ran while this reply was on its way: it is final
         self.send({"type": "ack", "seq": content["seq"], "nextPingMs": reply["nextPingMs"]})
 
     def __repr__(self) -> str:
