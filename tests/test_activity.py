@@ -361,3 +361,30 @@ def test_a_tick_computed_before_end_cannot_overwrite_the_ended_state() -> None:
     resume.set()
     stale.join(5)
     assert activity.state == "ended"
+
+
+def test_a_late_report_after_an_abandoned_run_ended_sends_nothing_after_the_completion() -> None:
+    # Issue 12 §11: the page came back before end(), but its reports were stuck (a websocket
+    # reconnect) and arrive after the completion went out.
+    clock = FakeClock()
+    activity, sink = make(clock, heartbeat_interval=1.0, abandon_after=2.0)
+    page = Page(activity, clock)
+    page.send("transition", False)
+    clock.advance(2500)
+    activity._tick()
+    assert activity.state == "abandoned"
+    clock.advance(500)
+    back_at = clock.monotonic_ms() + page.offset  # page time of the return the kernel will hear late
+    clock.advance(1000)
+    activity.end({"xpEarned": 2})
+    assert isinstance(sink.records[-1], Completion) and activity.finished
+    sent = list(sink.records)
+    clock.advance(3000)
+    page.seq += 1
+    activity.page_message({"type": "report", "page": page.name, "seq": page.seq, "kind": "transition", "visible": True, "t": back_at})
+    for kind in ("ping", "ping"):
+        clock.advance(500)
+        page.send(kind, True)
+        activity._tick()
+    assert sink.records == sent
+    assert activity.state == "ended"

@@ -389,6 +389,8 @@ class Ledger:
 
     def advance(self, now: int) -> list[Window]:
         """Close every window that knowledge at ``now`` allows; return them in order."""
+        if self._finished:
+            return []  # the run's accounting is over: a late report reopens nothing
         self._declare_silent_pages_gone(now)
         known = min(self.knowledge(now), self.end_at if self.end_at is not None else now)
         closed: list[Window] = []
