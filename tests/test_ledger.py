@@ -293,3 +293,22 @@ def test_pages_showing_counts_present_pages_that_show_the_notebook() -> None:
     a.send("ping", True, 2_500)
     ledger.advance(8_000)  # kernel idle: a has been silent long enough to be gone
     assert ledger.pages_showing == 0
+
+
+def test_pages_that_went_away_are_forgotten_so_thousands_of_reloads_cost_nothing_more() -> None:
+    # Issue 12 §12: each reload is a new page id; once no open window needs a gone page, the
+    # ledger keeps nothing of it, so a report costs the same after 2,000 reloads as after one.
+    ledger = Ledger(start=0, interval_ms=1_000, abandon_ms=60_000)
+    now, closed = 0, []
+    for n in range(2_000):
+        tab = Tab(ledger, f"load-{n}", offset=-n * 7.0)
+        tab.send("transition", True, now + 10)
+        tab.send("ping", True, now + 600)
+        tab.send("bye", False, now + 900)
+        now += 1_000
+        closed += ledger.advance(now + 50)
+    assert [w.active_ms for w in closed] == [890] * 2_000
+    assert sum(len(presences) for presences in ledger._pages.values()) <= 1
+    # A replayed report of a forgotten page is still a duplicate, not a page coming back.
+    ledger.report(PageReport("load-1990", 2, "ping", True, 1_000.0), now + 100)
+    assert ledger.state(now + 100) == "hidden"

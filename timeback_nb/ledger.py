@@ -36,6 +36,7 @@ Vocabulary (all instants are integer kernel-monotonic milliseconds):
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -43,6 +44,7 @@ from .errors import invalid
 
 REPORT_KINDS = ("transition", "ping", "idle", "bye")
 FOREVER = math.inf
+FORGOTTEN_PAGES_KEPT = 1_024  # latest seq of pages forgotten lately, to spot their replayed reports
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class Ledger:
         self.segment_start = self.closed_until = self.start
         self._last_active = self.start  # end of the latest active span within closed windows
         self._pages: dict[str, list[_Presence]] = {}
+        self._forgotten: OrderedDict[str, int] = OrderedDict()  # page -> its last seq
         self._pauses: list[list[float]] = []  # [start, end or FOREVER]
         self._cuts: list[int] = []  # pause instants: a window closes there
         self._resumes: list[int] = []  # resume() instants: they revive an abandoned run
@@ -213,6 +216,8 @@ class Ledger:
         """Record one page report received at kernel time ``arrival``. False if a duplicate."""
         if self._busy_since is not None:
             self._live_in_cell = True  # handled while a cell runs: comms are on a subshell
+        if report.seq <= self._forgotten.get(report.page, -1):
+            return False  # a replay from a page that went away and was forgotten
         presences = self._pages.setdefault(report.page, [])
         current = presences[-1] if presences else None
         if current is not None and report.seq <= current.last_seq:
@@ -454,7 +459,13 @@ class Ledger:
     def _forget_before(self, t: int) -> None:
         """Closed time is never accounted again: keep only what decides the state from `t` on,
         so a long run costs no more per report than a short one."""
-        for page, presences in self._pages.items():
+        for page, presences in list(self._pages.items()):
+            if presences[-1].gone_at <= t:  # gone before closed time: no open window needs it
+                del self._pages[page]
+                self._forgotten[page] = presences[-1].last_seq
+                if len(self._forgotten) > FORGOTTEN_PAGES_KEPT:
+                    self._forgotten.popitem(last=False)
+                continue
             kept = [p for p in presences[:-1] if p.gone_at > t] + presences[-1:]  # the last one keeps seq order
             for presence in kept:
                 presence.forget_before(t)
