@@ -169,30 +169,6 @@ def test_something_that_is_no_record_is_reported_not_raised(tmp_path: Path) -> N
         assert [r["state"] for r in store.events()] == ["queued"] and delivery.pending == 0
 
 
-def test_records_wait_in_memory_while_the_store_is_unavailable(tmp_path: Path, monkeypatch) -> None:
-    store = Store(tmp_path / "tb.sqlite3")
-    sender = NotingSender()
-    real_enqueue = store.enqueue
-    failures = iter([True, True])
-
-    def flaky(*args: Any) -> bool:
-        if next(failures, False):
-            raise sqlite3.OperationalError("database is locked")
-        return real_enqueue(*args)
-
-    monkeypatch.setattr(store, "enqueue", flaky)
-    delivery = Delivery(target(), store, sender)  # type: ignore[arg-type]
-    delivery.emit(window(0))
-    delivery.emit(window(1))
-    assert delivery.pending == 2 and store.events() == []
-    assert sender.notes[-1].startswith("passes: outbox unavailable, 2 record(s) held in memory: database is locked")
-    delivery.emit(window(2))
-    assert delivery.pending == 0
-    starts = [json.loads(r["body"])["data"][0]["id"] for r in store.events()]
-    assert starts == [events.event_id(events.time_spent_envelope(window(i), target(), send_time="x")) for i in range(3)]
-    store.close()
-
-
 # -- the endpoint misbehaves; everything still arrives once, in order -------------------------------
 
 

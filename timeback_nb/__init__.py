@@ -8,7 +8,7 @@
 
 from .activity import Activity
 from .api import current, flush, record, start
-from .errors import ConfigError, DeliveryError, StateError, TimebackError, ValidationError
+from .errors import ConfigError, DeliveryError, StateError, StoreError, TimebackError, ValidationError
 from .magics import load_ipython_extension, unload_ipython_extension
 
 __version__ = "0.1.0"
@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "DeliveryError",
     "StateError",
+    "StoreError",
     "TimebackError",
     "ValidationError",
     "__version__",

@@ -291,8 +291,9 @@ class Activity(HasTraits):
 
     def set_delivery_status(self, status: Mapping[str, Any]) -> None:
         """Called by delivery (any thread) with its counts and latest error."""
-        self._rejected_events = int(status.get("rejected", 0))
-        self.set_trait("pending_events", int(status.get("queued", 0)))
+        # Counts are missing when the store could not be read: keep the last ones shown.
+        self._rejected_events = int(status.get("rejected", self._rejected_events))
+        self.set_trait("pending_events", int(status.get("queued", self.pending_events)))
         self.set_trait("last_error", status.get("last_error") or "")
 
     # -- the heartbeat -----------------------------------------------------------------------

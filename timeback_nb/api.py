@@ -7,13 +7,15 @@ to the delivery sink, and keep the one-running-activity-per-kernel rule.
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .activity import Activity
-from .errors import StateError, invalid
+from .errors import StateError, TimebackError, invalid
 from .options import resolve_idle_after, resolve_options
 from .records import ActivityRef, Completion
 from .validation import (
@@ -27,7 +29,10 @@ from .validation import (
     validate_user,
 )
 
-NO_PAGE_NOTICE_AFTER = 5.0  # seconds without any page report before saying time is not counted
+log = logging.getLogger(__name__)
+
+NO_PAGE_NOTICE_AFTER = 5.0
+STORE_PATIENCE_S = 1.0  # the most one call on a busy store waits from a cell (then StoreError)  # seconds without any page report before saying time is not counted
 
 _lock = threading.RLock()
 _current: Activity | None = None
@@ -157,7 +162,8 @@ def record(
 ) -> dict[str, int]:
     """Send a completion from any Python process (a grader, a backend): no kernel, no widget.
 
-    The event is committed to the outbox first, then delivered for up to `timeout` seconds;
+    The event is committed to the outbox first (a store that cannot take it raises a
+    `StoreError` naming the file and the cause; nothing is half-done), then delivered for up to `timeout` seconds;
     what is not delivered by then stays queued (`timeback-nb flush`). It closes the stateful
     run of this user, activity and course. Returns the flush counts.
     """
@@ -168,13 +174,17 @@ def record(
     wait = validate_flush_timeout(timeout)
     explicit_run_id = None if run_id is None else validate_run_id(run_id)
     ended = validate_ended_at(ended_at) if ended_at is not None else _now_iso()
-    context = _resolve(config, selector, validate_user(user))
-    ref = ActivityRef(activity_id, activity_name, context.course.selector)
-    store = context.store
-    session = explicit_run_id or store.open_run(context.target.user_id, activity_id, _course_key(ref.course))
-    context.delivery.emit(Completion(ref, session, ended, checked))
-    if session is not None:
-        store.close_run(session, ended)
+    with _patient_store():  # a locked store is reported in seconds, not after its busy timeout
+        context = _resolve(config, selector, validate_user(user))
+        ref = ActivityRef(activity_id, activity_name, context.course.selector)
+        store = context.store
+        session = explicit_run_id or store.open_run(context.target.user_id, activity_id, _course_key(ref.course))
+        context.delivery.commit_now(Completion(ref, session, ended, checked))  # or StoreError: nothing kept
+        if session is not None:
+            try:
+                store.close_run(session, ended)
+            except TimebackError as exc:  # the completion is committed; only the run's resumption is affected
+                log.warning("timeback: could not mark run %s as ended: %s", session, exc)
     return context.sender.flush(wait)
 
 
@@ -242,7 +252,20 @@ def _course_key(selector: Mapping[str, Any]) -> str:
 def _on_finish(activity: Activity, completion: Completion | None, store: Any, stateful: bool) -> None:
     # A stateful run stays open across kernels until a completion closes it.
     if completion is not None or not stateful:
-        store.close_run(activity.run_id, activity.ended_at)
+        try:
+            with store.patience(STORE_PATIENCE_S):
+                store.close_run(activity.run_id, activity.ended_at)
+        except TimebackError as exc:  # a failing store: the run stays resumable, nothing is lost
+            log.warning("timeback: could not mark run %s as ended: %s", activity.run_id, exc)
+
+
+@contextmanager
+def _patient_store() -> Iterator[None]:
+    """This thread's calls on the configured store wait at most STORE_PATIENCE_S each."""
+    from .config import Settings
+
+    with _store(Settings.from_env().store_path).patience(STORE_PATIENCE_S):
+        yield
 
 
 def _now_iso() -> str:

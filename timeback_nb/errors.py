@@ -27,6 +27,10 @@ class StateError(TimebackError):
     """The call makes no sense in the activity's current state (e.g. a second `start`)."""
 
 
+class StoreError(TimebackError):
+    """The store file cannot be written or read right now (locked, read-only, full, gone)."""
+
+
 class DeliveryError(TimebackError):
     """The endpoint refused or could not take an event (the event stays in the outbox)."""
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .clock import host_now
 from .config import unknown_transport
-from .errors import invalid
+from .errors import TimebackError, invalid
 from .store import Row, Store
 from .transport import CaliperTransport, LocalTransport, Outcome, Transport
 from .validation import validate_flush_timeout
@@ -368,10 +368,17 @@ class Sender:
         if self.on_status is None:
             return
         try:
-            status: Status = dict(self.store.counts(), last_error=self.last_error)
-            self.on_status(status)
+            self.on_status(dict(_counts_if_readable(self.store), last_error=self.last_error))
         except Exception:
             log.exception("timeback sender: on_status failed")
+
+
+def _counts_if_readable(store: Store) -> dict[str, int]:
+    """The store's counts, or none when it cannot be read now: the error still gets through."""
+    try:
+        return store.counts()
+    except TimebackError:
+        return {}
 
 
 # -- the process-wide registry ---------------------------------------------------------------
@@ -434,7 +441,7 @@ class HeldOutbox:
 
     def wake(self) -> None:
         if self.on_status is not None:
-            self.on_status(dict(self.store.counts(), last_error=self.last_error))
+            self.on_status(dict(_counts_if_readable(self.store), last_error=self.last_error))
 
     def note_error(self, message: str, *, passes: bool = False) -> None:
         self.last_error = message

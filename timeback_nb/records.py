@@ -87,10 +87,31 @@ def results_text(metrics: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def record_to_json(record: Record) -> dict[str, Any]:
+    """A record as plain JSON values (a checkpoint keeps records this way)."""
+    ref = record.activity
+    common = {"activity": {"id": ref.id, "name": ref.name, "course": dict(ref.course)}, "run_id": record.run_id}
+    if isinstance(record, TimeWindow):
+        return {"kind": "time", **common, "started_at": record.started_at, "ended_at": record.ended_at,
+                "elapsed_ms": record.elapsed_ms, "paused_ms": record.paused_ms}
+    return {"kind": "completion", **common, "ended_at": record.ended_at, "metrics": dict(record.metrics)}
+
+
+def record_from_json(data: Mapping[str, Any]) -> Record:
+    """The inverse of `record_to_json`."""
+    ref = ActivityRef(data["activity"]["id"], data["activity"]["name"], data["activity"]["course"])
+    if data["kind"] == "time":
+        return TimeWindow(ref, data["run_id"], data["started_at"], data["ended_at"], int(data["elapsed_ms"]), int(data["paused_ms"]))
+    return Completion(ref, data["run_id"], data["ended_at"], data["metrics"])
+
+
 class Sink(Protocol):
     """Where an Activity hands its records, in order. Must be quick and must not raise."""
 
     def emit(self, record: Record) -> None: ...
+
+    # Optional: `checkpoint(run_id, records | None, *, interval_s)` keeps what to hand on if the
+    # process dies now (the Activity calls it when the sink has it; see `Delivery.checkpoint`).
 
 
 @dataclass
@@ -98,11 +119,16 @@ class MemorySink:
     """Keeps records in a list; the sink of tests and of runs with no delivery configured."""
 
     records: list[Record] = field(default_factory=list)
+    checkpoints: dict[str, tuple[Record, ...] | None] = field(default_factory=dict)  # the latest per run
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def emit(self, record: Record) -> None:
         with self._lock:
             self.records.append(record)
+
+    def checkpoint(self, run_id: str, records: list[Record] | None, *, interval_s: float = 15.0) -> None:
+        with self._lock:
+            self.checkpoints[run_id] = None if records is None else tuple(records)
 
     @property
     def windows(self) -> list[TimeWindow]:

@@ -19,6 +19,16 @@ Lease ends, retry delays and holds are readings of the host's monotonic clock
 them. The store remembers which boot of the host wrote them (`clock.host_boot_id`); opened
 after a reboot, it frees every lease and hold of the earlier boot, whose clock meant nothing.
 
+A store that fails (locked for long, read-only, full, deleted under the kernel) raises
+`StoreError` naming the file and the cause, never a raw `sqlite3` error. The kernel's own writes
+run under `patience(seconds)`, so a locked file costs them a bounded wait, not the busy timeout.
+A file deleted while open is noticed before the next write: the store reopens at its path and
+carries over what was not delivered yet, instead of writing into a file nobody can see.
+
+*Checkpoints* (one row per run) hold what a kernel would hand on if it died now: the windows it
+holds open and a due completion. A later process adopts the checkpoint of a dead one
+(`timeback_nb.recovery`).
+
 No secret or token is ever written here; bodies are the events exactly as sent.
 """
 
@@ -26,20 +36,21 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional, Union
 
 from .clock import host_boot_id
-from .errors import ConfigError, StateError, invalid
+from .errors import ConfigError, StateError, StoreError, invalid
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
 STATES = ("queued", "delivered", "rejected")
 
@@ -105,8 +116,55 @@ _MIGRATIONS: tuple[str, ...] = (
     UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE state = 'queued';
     CREATE TABLE host (boot_id TEXT NOT NULL);
     """,
+    # What a running kernel would hand on if it died now (see timeback_nb.recovery).
+    """
+    CREATE TABLE checkpoints (
+        run_id     TEXT PRIMARY KEY,
+        owner_host TEXT NOT NULL,
+        owner_pid  INTEGER NOT NULL,
+        body       TEXT NOT NULL,
+        updated    REAL NOT NULL
+    );
+    """,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+Connect = Callable[[Path, float], sqlite3.Connection]
+
+
+def _connect(path: Path, timeout: float) -> sqlite3.Connection:
+    return sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One run's checkpoint row as `Store.checkpoints` lists it."""
+
+    run_id: str
+    owner_host: str
+    owner_pid: int
+    body: str
+    updated: float
+
+
+# Builds a completion's (event_id, body) for an attempt number; the id must not depend on it.
+NumberedBuild = Callable[[int], tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class NumberedRow:
+    """A completion to insert with the next attempt number of (user_key, object_id)."""
+
+    kind: str
+    run_id: str | None
+    user_key: str
+    object_id: str
+    build: NumberedBuild
+
+
+# A row to insert with `Store.enqueue_rows`: (event_id, kind, run_id, body), or a completion.
+NewRow = Union[tuple[str, str, Optional[str], str], NumberedRow]
 
 
 @dataclass(frozen=True)
@@ -152,38 +210,59 @@ class Store:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, synchronous: str = "NORMAL"
+        self, path: str | os.PathLike[str], *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, synchronous: str = "NORMAL",
+        connect: Connect = _connect,
     ) -> None:
         self.path = Path(path).expanduser()
         self._lock = threading.RLock()
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        # NORMAL survives a killed process; the relay asks for FULL (an fsync per commit, which
+        # its group commit shares out) since after its 204 a kernel never sends that window again.
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous: expected NORMAL or FULL, got {synchronous!r}")
+        self._synchronous = synchronous
+        self._connect = connect  # the seam tests use to inject faults (tests/store_faults.py)
+        self._local = threading.local()  # this thread's patience, if any
+        self._holder: tuple[str, float] = ("", 0.0)  # the call holding the lock, since when
+        self._conn: sqlite3.Connection | None = None
+        self._inode: tuple[int, int] | None = None
+        self._conn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        """A connection to a migrated store at `self.path` (ConfigError when impossible)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
-            )
+            conn = self._connect(self.path, self._busy_timeout_ms / 1000)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"TIMEBACK_NB_STORE: cannot open the store at '{self.path}': {exc}", field="TIMEBACK_NB_STORE"
             ) from exc
-        self._conn: sqlite3.Connection | None = conn
         try:
             conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 log.warning("store %s: journal_mode is %s, not wal", self.path, mode)
-            # NORMAL survives a killed process; the relay asks for FULL (an fsync per commit, which
-            # its group commit shares out) since after its 204 a kernel never sends that window again.
-            if synchronous not in ("NORMAL", "FULL"):
-                raise ValueError(f"synchronous: expected NORMAL or FULL, got {synchronous!r}")
-            conn.execute(f"PRAGMA synchronous = {synchronous}")
-            self._migrate()
-        except sqlite3.Error as exc:
-            self.close()
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            self._migrate(conn)
+            self._inode = self._file_id()
+        except ConfigError:
+            conn.close()
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            conn.close()
             raise ConfigError(
                 f"TIMEBACK_NB_STORE: '{self.path}' is not a usable timeback_nb store: {exc}",
                 field="TIMEBACK_NB_STORE",
             ) from exc
+        return conn
+
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -212,12 +291,50 @@ class Store:
         return self._conn
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def patience(self, seconds: float) -> Iterator[None]:
+        """Within this block, this thread's store calls wait at most about `seconds` for the
+        store (another thread's call, another process's write lock), then raise StoreError."""
+        outer = getattr(self._local, "patience", None)
+        self._local.patience = seconds if outer is None else min(outer, seconds)
+        try:
+            yield
+        finally:
+            self._local.patience = outer
+
+    @contextmanager
+    def _using(self, what: str, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock, for one call; sqlite and OS errors become StoreError."""
+        patience = getattr(self._local, "patience", None)
+        if not self._lock.acquire(timeout=-1 if patience is None else patience):
+            holder, since = self._holder
+            raise StoreError(
+                f"store '{self.path}': {what} failed: busy for {patience:g} s: another call ({holder}) has"
+                f" waited {time.monotonic() - since:.1f} s for the file; is another process holding its write lock?",
+                field="TIMEBACK_NB_STORE",
+            )
+        self._holder = (what, time.monotonic())
+        try:
+            if write:
+                self._follow_the_file()
+            conn = self._open_conn()
+            if patience is not None:
+                conn.execute(f"PRAGMA busy_timeout = {int(patience * 1000)}")
+            try:
+                yield conn
+            finally:
+                if patience is not None and self._conn is conn:
+                    conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"store '{self.path}': {what} failed: {exc}", field="TIMEBACK_NB_STORE") from exc
+        finally:
+            self._lock.release()
+
+    @contextmanager
+    def _tx(self, what: str = "write") -> Iterator[sqlite3.Connection]:
         """A write transaction of several statements; it takes the database write lock up front
         (BEGIN IMMEDIATE), so it never fails half-way on another process's lock. Inside an
         open transaction it is a savepoint: it joins the outer commit (see `transaction`)."""
-        with self._lock:
-            conn = self._open_conn()
+        with self._using(what, write=True) as conn:
             if conn.in_transaction:
                 conn.execute("SAVEPOINT nested")
                 try:
@@ -245,16 +362,34 @@ class Store:
 
     def _query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         """One read. A single statement is atomic on its own: no BEGIN/COMMIT round trips."""
-        with self._lock:
-            return self._open_conn().execute(sql, params).fetchall()
+        with self._using("read", write=False) as conn:
+            return conn.execute(sql, params).fetchall()
 
     def _write(self, sql: str, params: Any = ()) -> int:
         """One write statement, committed (autocommit) before this returns; the rows changed."""
-        with self._lock:
-            return self._open_conn().execute(sql, params).rowcount
+        with self._using("write", write=True) as conn:
+            return conn.execute(sql, params).rowcount
 
-    def _migrate(self) -> None:
-        with self._tx() as conn:
+    def _follow_the_file(self) -> None:
+        """The file was deleted (or replaced) while open: writing on would go to a file no other
+        process can see. Reopen at the path and carry over what matters (lock held)."""
+        if self._conn is None or self._file_id() == self._inode:
+            return
+        old = self._conn
+        try:
+            new = self._open()
+        except ConfigError as exc:
+            raise OSError(f"the file was deleted and cannot be made again: {exc}") from exc
+        log.warning("store %s: the file was deleted or replaced while open; reopened it", self.path)
+        try:
+            _carry_over(old, new)
+        finally:
+            old.close()
+            self._conn = new
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise ConfigError(
@@ -269,6 +404,11 @@ class Store:
             if version != SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._check_boot(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     @staticmethod
     def _check_boot(conn: sqlite3.Connection) -> None:
@@ -322,16 +462,8 @@ class Store:
 
     def next_attempt(self, user_key: str, object_id: str) -> int:
         """1, 2, ... per user and activity; two kernels never get the same number."""
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO attempts (user_key, object_id, attempt) VALUES (?, ?, 1)"
-                " ON CONFLICT (user_key, object_id) DO UPDATE SET attempt = attempt + 1",
-                (user_key, object_id),
-            )
-            row = conn.execute(
-                "SELECT attempt FROM attempts WHERE user_key = ? AND object_id = ?", (user_key, object_id)
-            ).fetchone()
-        return int(row[0])
+        with self._tx("taking an attempt number") as conn:
+            return _take_attempt(conn, user_key, object_id)
 
     def cached_user_id(self, email: str, env: str) -> str | None:
         rows = self._query("SELECT user_id FROM users WHERE email = ? AND env = ?", (email, env))
@@ -371,6 +503,54 @@ class Store:
             (event_id, kind, run_id, body, state, reason, now, now),
         )
         return changed == 1
+
+    def enqueue_rows(self, rows: list[NewRow], *, drop_checkpoint: str | None = None) -> int:
+        """Commit several events in one transaction, in order: plain rows (event_id, kind,
+        run_id, body) and completions that take their attempt number in the same transaction
+        (a failed write uses up no number; a replayed completion takes none). With
+        `drop_checkpoint`, that run's checkpoint goes in the same transaction. Returns how many
+        rows were new."""
+        with self._tx("committing events") as conn:
+            added = _insert_rows(conn, rows)
+            if drop_checkpoint is not None:
+                conn.execute("DELETE FROM checkpoints WHERE run_id = ?", (drop_checkpoint,))
+        return added
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def write_checkpoint(self, run_id: str, body: str) -> None:
+        """Replace this process's checkpoint of `run_id`."""
+        self._write(
+            "INSERT INTO checkpoints (run_id, owner_host, owner_pid, body, updated) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (run_id) DO UPDATE SET owner_host = excluded.owner_host,"
+            " owner_pid = excluded.owner_pid, body = excluded.body, updated = excluded.updated",
+            (run_id, socket.gethostname(), os.getpid(), body, time.time()),
+        )
+
+    def drop_checkpoint(self, run_id: str) -> None:
+        self._write("DELETE FROM checkpoints WHERE run_id = ?", (run_id,))
+
+    def checkpoints(self) -> list[Checkpoint]:
+        rows = self._query("SELECT run_id, owner_host, owner_pid, body, updated FROM checkpoints ORDER BY updated")
+        return [Checkpoint(r[0], r[1], int(r[2]), r[3], float(r[4])) for r in rows]
+
+    def adopt_checkpoint(self, checkpoint: Checkpoint, rows: list[NewRow], ended_at: str | None) -> int | None:
+        """Commit a dead process's checkpointed events and drop its checkpoint in one
+        transaction, unless someone adopted it (or its owner rewrote it) meanwhile (None then);
+        with `ended_at` (its completion), the run is closed too. Returns the rows added."""
+        with self._tx("adopting a checkpoint") as conn:
+            dropped = conn.execute(
+                "DELETE FROM checkpoints WHERE run_id = ? AND updated = ? AND owner_pid = ? AND owner_host = ?",
+                (checkpoint.run_id, checkpoint.updated, checkpoint.owner_pid, checkpoint.owner_host),
+            ).rowcount
+            if not dropped:
+                return None
+            added = _insert_rows(conn, rows)
+            if ended_at is not None:
+                conn.execute(
+                    "UPDATE runs SET ended_at = ? WHERE run_id = ? AND ended_at IS NULL", (ended_at, checkpoint.run_id)
+                )
+        return added
 
     def lease(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Row]:
         """Claim up to `limit` of the oldest free queued rows for `owner` until
@@ -515,3 +695,67 @@ class Store:
             sql += " LIMIT ?"
             params = (limit,)
         return [dict(r) for r in reversed(self._query(sql, params))]
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[NewRow]) -> int:
+    now = time.time()
+    added = 0
+    for row in rows:
+        if isinstance(row, NumberedRow):
+            event_id, body = row.build(1)
+            if conn.execute("SELECT 1 FROM outbox WHERE event_id = ?", (event_id,)).fetchone():
+                continue  # a replay: it already has its number
+            attempt = _take_attempt(conn, row.user_key, row.object_id)
+            if attempt != 1:
+                event_id, body = row.build(attempt)
+            kind, run_id = row.kind, row.run_id
+        else:
+            event_id, kind, run_id, body = row
+        added += conn.execute(
+            "INSERT OR IGNORE INTO outbox (event_id, kind, run_id, body, state, created, updated)"
+            " VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+            (event_id, kind, run_id, body, now, now),
+        ).rowcount
+    return added
+
+
+def _take_attempt(conn: sqlite3.Connection, user_key: str, object_id: str) -> int:
+    conn.execute(
+        "INSERT INTO attempts (user_key, object_id, attempt) VALUES (?, ?, 1)"
+        " ON CONFLICT (user_key, object_id) DO UPDATE SET attempt = attempt + 1",
+        (user_key, object_id),
+    )
+    row = conn.execute(
+        "SELECT attempt FROM attempts WHERE user_key = ? AND object_id = ?", (user_key, object_id)
+    ).fetchone()
+    return int(row[0])
+
+
+# What a store deleted under a kernel hands to its successor at the same path: what is not
+# delivered yet and what decides future numbers and runs (delivered history stays behind).
+_CARRIED = {
+    "runs": "SELECT * FROM runs",
+    "attempts": "SELECT * FROM attempts",
+    "users": "SELECT * FROM users",
+    "checkpoints": "SELECT * FROM checkpoints",
+    "outbox": "SELECT * FROM outbox WHERE state = 'queued' ORDER BY seq",
+}
+
+
+def _carry_over(old: sqlite3.Connection, new: sqlite3.Connection) -> None:
+    new.execute("BEGIN IMMEDIATE")
+    try:
+        for table, query in _CARRIED.items():
+            rows = old.execute(query).fetchall()
+            if not rows:
+                continue
+            names = [k for k in rows[0].keys() if not (table == "outbox" and k == "seq")]
+            new.executemany(
+                f"INSERT OR IGNORE INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                [tuple(r[k] for k in names) for r in rows],
+            )
+        new.execute("COMMIT")
+    except BaseException:
+        if new.in_transaction:
+            new.execute("ROLLBACK")
+        raise
