@@ -81,6 +81,12 @@ class Activity(HasTraits):
         )
         self._completion: Completion | None = None
         self._completion_due = False
+        # What to hand on if this process dies now goes to the sink's checkpoint at every
+        # heartbeat boundary and at end() (see timeback_nb.recovery).
+        self._checkpoint_to = getattr(sink, "checkpoint", None)
+        self._interval_s = heartbeat_interval
+        self._checkpoint_at = now + self._ledger.interval_ms
+        self._checkpoint_empty = False
         self._finished = threading.Event()
         self._rejected_events = 0
         self._no_page_deadline = None if no_page_notice_after is None else now + round(no_page_notice_after * 1000)
@@ -192,6 +198,9 @@ class Activity(HasTraits):
                 self._completion = Completion(self.ref, self.run_id, self._anchor.iso(now), checked)
             self._completion_due = True
             live = self._ledger.live_delivery
+            # Durable from here: if the kernel dies before the final window can close, the next
+            # process hands on that window (closed at the last facts known) and the completion.
+            self._checkpoint(now)
         self._tick()
         if not self.finished and live:
             # Reports still on their way come in on a subshell while this cell runs.
@@ -311,7 +320,11 @@ class Activity(HasTraits):
                 self._completion_due = False
                 if self._completion is not None:
                     self._emit(self._completion)
+                if self._checkpoint_to is not None:
+                    self._checkpoint_to(self.run_id, None, interval_s=self._interval_s)  # all handed on
                 finished_now = True
+            elif now >= self._checkpoint_at:
+                self._checkpoint(now)
             self._say_once_if_no_page(now)
             values = {
                 "state": self._ledger.state(now),
@@ -319,13 +332,32 @@ class Activity(HasTraits):
                 "elapsed_ms": self._ledger.elapsed_ms(now),
                 "window_elapsed_ms": self._ledger.window_active_ms(now),
             }
-            delay = (self._ledger.next_wake(now) - now) / 1000
+            delay = (min(self._ledger.next_wake(now), self._checkpoint_at) - now) / 1000
         for name, value in values.items():
             self.set_trait(name, value)
         if finished_now:
             self._finish()
             return None
         return None if self.finished else delay
+
+    def _checkpoint(self, now: int) -> None:
+        """Hand the sink what to deliver if this process dies now (lock held): the windows the
+        ledger holds, closed at `now` with each page as last known, and a due completion."""
+        self._checkpoint_at = now + self._ledger.interval_ms
+        if self._checkpoint_to is None:
+            return
+        records: list[TimeWindow | Completion] = []
+        if self.track_time:
+            records += [self._time_window(w) for w in self._ledger.provisional(now)]
+        if self._completion_due and self._completion is not None:
+            records.append(self._completion)
+        if not records and self._checkpoint_empty:
+            return  # nothing held, as last time: no write
+        self._checkpoint_empty = not records
+        try:
+            self._checkpoint_to(self.run_id, records, interval_s=self._interval_s)
+        except Exception:  # the sink promises not to raise
+            log.exception("could not hand a checkpoint to delivery")
 
     def _close_windows(self, now: int) -> None:
         """Hand on every window that what is known at `now` lets the ledger close (lock held)."""

@@ -105,6 +105,7 @@ def start(
         ref = ActivityRef(activity_id, activity_name, context.course.selector)
         course_key = _course_key(ref.course)
         store = context.store
+        _adopt_orphans(store, context.sender)
         if explicit_run_id is not None:
             chosen_run_id = explicit_run_id
         elif stateful:
@@ -195,7 +196,10 @@ def flush(timeout: float = 10.0) -> dict[str, int]:
 
     wait = validate_flush_timeout(timeout)
     settings = Settings.from_env()
-    return get_sender(settings, _store(settings.store_path), start=False).flush(wait)
+    store = _store(settings.store_path)
+    sender = get_sender(settings, store, start=False)
+    _adopt_orphans(store, sender)
+    return sender.flush(wait)
 
 
 # -- wiring --------------------------------------------------------------------------------------
@@ -241,6 +245,15 @@ def _store(path: Any) -> Any:
         if store is None or store.closed:
             store = _stores[str(path)] = Store(path)
         return store
+
+
+def _adopt_orphans(store: Any, sender: Any) -> None:
+    """Commit what killed kernels left in checkpoints (timeback_nb.recovery), then send it."""
+    from .recovery import adopt_orphans
+
+    with store.patience(STORE_PATIENCE_S):
+        if adopt_orphans(store):
+            sender.wake()
 
 
 def _course_key(selector: Mapping[str, Any]) -> str:

@@ -35,6 +35,7 @@ Vocabulary (all instants are integer kernel-monotonic milliseconds):
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -307,6 +308,21 @@ class Ledger:
         self._confirmed_floor = max(self._confirmed_floor, now)
         self._busy_since, self._live_in_cell = None, False
         self._idle_since = now - self.settle_ms
+
+    def provisional(self, now: int) -> list[Window]:
+        """The windows that closing everything at ``now`` would give if every page stayed as it
+        was last known until ``now``: what a later process hands on if this one dies now. The
+        ledger itself is left as it is."""
+        if self._finished:
+            return []
+        trial = copy.deepcopy(self)
+        for presence in trial._present():
+            presence.prompt = True
+            if presence.visible_now:  # last known visible: visible until now (then gone)
+                presence.last_t = max(presence.last_t, now - presence.offset)
+        trial.force_knowledge(now)
+        trial.end(now)
+        return trial.advance(now)
 
     # -- derived state -----------------------------------------------------------------------
 

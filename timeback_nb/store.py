@@ -510,6 +510,8 @@ class Store:
         (a failed write uses up no number; a replayed completion takes none). With
         `drop_checkpoint`, that run's checkpoint goes in the same transaction. Returns how many
         rows were new."""
+        if drop_checkpoint is None and len(rows) == 1 and not isinstance(rows[0], NumberedRow):
+            return int(self._insert(*rows[0], "queued", None))  # one statement: no transaction needed
         with self._tx("committing events") as conn:
             added = _insert_rows(conn, rows)
             if drop_checkpoint is not None:
