@@ -12,7 +12,7 @@ import pytest
 import timeback_nb
 from timeback_nb.errors import ConfigError, StateError, TimebackError, ValidationError
 
-from tests.fakes import visit_and_end
+from tests.fakes import Page, PingingPage, visit_and_end
 
 MATH8 = {"subject": "Math", "grade": 8}
 
@@ -234,11 +234,11 @@ def test_outbox_mode_keeps_events_queued_for_a_trusted_process_to_deliver(local:
     time.sleep(0.05)  # a non-empty window
     activity.end({"xpEarned": 3})  # no page ever reported: settles at once
     assert activity.finished
-    assert timeback_nb.flush(timeout=1) == {"delivered": 0, "queued": 2, "rejected": 0}
+    assert timeback_nb.flush(timeout=1) == {"delivered": 0, "queued": 2, "rejected": 0, "held": 0}
     assert activity.pending_events == 2
     # The operator's process, with the transport (and in production the credentials):
     monkeypatch.setenv("TIMEBACK_NB_TRANSPORT", "local")
-    assert timeback_nb.flush(timeout=5) == {"delivered": 2, "queued": 0, "rejected": 0}
+    assert timeback_nb.flush(timeout=5) == {"delivered": 2, "queued": 0, "rejected": 0, "held": 0}
     sent = [e["data"][0] for e in delivered(local)]
     assert [e["type"] for e in sent] == ["TimeSpentEvent", "ActivityEvent"]
     assert sent[0]["actor"]["id"].endswith("/users/u-123")
@@ -249,3 +249,50 @@ def test_outbox_mode_needs_the_student_id_from_the_environment(local: Path, monk
     monkeypatch.setenv("TIMEBACK_NB_TRANSPORT", "outbox")
     with pytest.raises(ConfigError, match="TIMEBACK_USER_ID"):
         timeback_nb.start("week-3", "Week 3", MATH8, display=False)
+
+
+def test_end_then_flush_in_one_cell_with_live_reports_delivers_the_final_window_and_the_completion(local: Path) -> None:
+    # Issue 12 §14, comms on a subshell: the page's reports are handled on another thread while
+    # the cell runs, so end() waits (bounded) for the one that closes the final window.
+    activity = timeback_nb.start("week-3", "Week 3", MATH8, heartbeat_interval=0.5, display=False)
+    page = PingingPage(activity).start()  # reports from its own thread, as a subshell delivers them
+    try:
+        import time
+
+        time.sleep(0.7)
+        activity._cell_started()  # the end cell starts (IPython's pre_run_cell)
+        activity.end({"xpEarned": 2})
+        counts = timeback_nb.flush(timeout=5)
+    finally:
+        page.stop()
+    assert activity.finished
+    assert counts["queued"] == 0 and counts["held"] == 0
+    sent = [e["data"][0] for e in delivered(local)]
+    assert sent[-1]["type"] == "ActivityEvent" and sent[-2]["eventTime"] == sent[-1]["eventTime"]
+
+
+def test_end_then_flush_in_one_cell_with_queued_reports_says_what_is_still_held(local: Path) -> None:
+    # Subshells off: nothing the page sends can arrive before the cell ends, so flush() in the
+    # end cell cannot deliver the final window and the completion, and says so.
+    activity = timeback_nb.start("week-3", "Week 3", MATH8, heartbeat_interval=0.5, display=False)
+    page = Page(activity, activity._clock, clock_offset=0)  # reports handled on the main shell
+    import time
+
+    page.send("transition", True)
+    time.sleep(0.2)
+    page.send("ping", True)
+    activity._cell_started()
+    time.sleep(0.2)  # the page's pings of this cell wait behind it
+    started = time.monotonic()
+    activity.end({"xpEarned": 2})
+    assert time.monotonic() - started < 0.5, "end() does not wait for reports that cannot come"
+    counts = timeback_nb.flush(timeout=1)
+    assert counts["held"] == 2 and counts["queued"] >= 2  # the final window and the completion
+    activity._cell_finished()  # the cell ends; the page's queued report comes in
+    page.send("ping", True)
+    deadline = time.monotonic() + 3
+    while not activity.finished and time.monotonic() < deadline:
+        time.sleep(0.01)
+    counts = timeback_nb.flush(timeout=5)
+    assert counts["held"] == 0 and counts["queued"] == 0
+    assert [e["data"][0]["type"] for e in delivered(local)][-1] == "ActivityEvent"

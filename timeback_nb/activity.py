@@ -88,6 +88,7 @@ class Activity(HasTraits):
         self._checkpoint_at = now + self._ledger.interval_ms
         self._checkpoint_empty = False
         self._finished = threading.Event()
+        self._subshell_seen = False
         self._rejected_events = 0
         self._no_page_deadline = None if no_page_notice_after is None else now + round(no_page_notice_after * 1000)
         self.notice = ""
@@ -184,8 +185,14 @@ class Activity(HasTraits):
         """Close the final window; with `metrics`, then send the completion event.
 
         Invalid metrics raise before anything changes, so the activity keeps running. The final
-        window closes once the pages' reports up to this instant are in: at once when they arrive
-        live (or no page ever reported), else right after this cell; `finished` tells.
+        window closes once the pages' reports up to this instant are in. When they arrive live
+        (comms on a kernel subshell, JupyterLab's default), `end()` waits for them (at most
+        3 s), so a `timeback_nb.flush()` in the same cell delivers the final window and the
+        completion. When they can only arrive after the cell (subshells off: ipykernel 6,
+        VS Code, Colab), the final window closes right after this cell; a `flush()` in the
+        same cell then reports those records as ``held``. `finished` tells. Either way the
+        completion is durable once `end()` returns: if the kernel dies before the final window
+        closes, the next process on the store delivers both.
         """
         from .validation import validate_metrics  # config-free rules; imported late for start-up cost
 
@@ -197,7 +204,7 @@ class Activity(HasTraits):
             if checked is not None:
                 self._completion = Completion(self.ref, self.run_id, self._anchor.iso(now), checked)
             self._completion_due = True
-            live = self._ledger.live_delivery
+            live = self._ledger.live_delivery or self._subshell_seen
             # Durable from here: if the kernel dies before the final window can close, the next
             # process hands on that window (closed at the last facts known) and the completion.
             self._checkpoint(now)
@@ -206,6 +213,20 @@ class Activity(HasTraits):
             # Reports still on their way come in on a subshell while this cell runs.
             self._finished.wait(END_WAIT_SECONDS)
         self._show_end_note()
+
+    def held_records(self) -> int:
+        """Records not in the store yet: windows that are over but wait for page reports, a
+        completion that waits for its final window, and what delivery keeps in memory while
+        the store cannot take it."""
+        with self._lock:
+            held = 0
+            if not self.finished:
+                now = self._now()
+                if self.track_time:
+                    ended = self._ledger.end_at is not None
+                    held += sum(1 for w in self._ledger.provisional(now) if ended or w.end < now)
+                held += int(self._completion_due and self._completion is not None)
+        return held + int(getattr(self._sink, "pending", 0))
 
     def shutdown(self) -> None:
         """The kernel is exiting: account what is known, close the last window, stop."""
@@ -268,6 +289,8 @@ class Activity(HasTraits):
         except ValidationError as error:
             log.debug("dropped a malformed page message: %s", error)
             return None
+        if not self._subshell_seen and threading.current_thread() is not threading.main_thread():
+            self._subshell_seen = True  # comms on a subshell: reports can arrive while a cell runs
         with self._lock:
             now = self._now()
             self._ledger.report(report, now)

@@ -190,7 +190,11 @@ def record(
 
 
 def flush(timeout: float = 10.0) -> dict[str, int]:
-    """Deliver what is queued now; returns ``{"delivered": n, "queued": n, "rejected": n}``."""
+    """Deliver what is queued now; returns ``{"delivered": n, "queued": n, "rejected": n, "held": n}``.
+
+    ``held`` counts this kernel's records that are not in the outbox yet (the final window and
+    completion of an `end()` in the same cell while page reports wait for the cell to end, or
+    records kept in memory while the store fails); they are included in ``queued``."""
     from .config import Settings
     from .outbox import get_sender
 
@@ -199,7 +203,13 @@ def flush(timeout: float = 10.0) -> dict[str, int]:
     store = _store(settings.store_path)
     sender = get_sender(settings, store, start=False)
     _adopt_orphans(store, sender)
-    return sender.flush(wait)
+    counts = sender.flush(wait)
+    with _lock:
+        activity = _current
+    held = 0 if activity is None or activity.finished else activity.held_records()
+    counts["held"] = held
+    counts["queued"] += held
+    return counts
 
 
 # -- wiring --------------------------------------------------------------------------------------
