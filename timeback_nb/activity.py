@@ -186,8 +186,9 @@ class Activity(HasTraits):
 
         Invalid metrics raise before anything changes, so the activity keeps running. The final
         window closes once the pages' reports up to this instant are in. When they arrive live
-        (comms on a kernel subshell, JupyterLab's default), `end()` waits for them (at most
-        3 s), so a `timeback_nb.flush()` in the same cell delivers the final window and the
+        (comms on a kernel subshell, JupyterLab's default; known once a report has come in on
+        a subshell, i.e. after the page's first ping), `end()` waits for them (at most 3 s),
+        so a `timeback_nb.flush()` in the same cell delivers the final window and the
         completion. When they can only arrive after the cell (subshells off: ipykernel 6,
         VS Code, Colab), the final window closes right after this cell; a `flush()` in the
         same cell then reports those records as ``held``. `finished` tells. Either way the

@@ -12,7 +12,7 @@ import pytest
 from timeback_nb.clock import format_elapsed
 
 from .conftest import OpenNotebook
-from .harness import FINISHED_SOURCE, JupyterServer, assert_active_time, begin, finish, run_events
+from .harness import FINISHED_SOURCE, JupyterServer, assert_active_time, begin, finish, run_events, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -71,3 +71,23 @@ def test_the_end_cells_line_shows_the_settled_time_when_reports_come_after_the_c
         f"() => document.body.innerText.includes({json.dumps(settled)})", polling=100, timeout=5_000
     )
     assert nb.output_text(cell).startswith(settled), nb.output_text(cell)
+
+
+def test_end_then_flush_in_one_cell_delivers_or_says_what_is_held(open_notebook: OpenNotebook, server: JupyterServer) -> None:
+    # Issue 12 §14: with live reports, end() waits for the final window and the same cell's
+    # flush() delivers it and the completion; with queued reports, flush() says they are held.
+    live = server.comms_over_subshells
+    nb, run_id, _truth = begin(open_notebook, server=server, heartbeat_interval=2)
+    # Idle kernel after display for more than a ping interval (2 s): the reply to the first report
+    # moves the comm onto a subshell, and a ping arriving there shows the kernel it is live.
+    time.sleep(2.5)
+    counts = json.loads(nb.run("activity.end({'xpEarned': 3})\nprint('OUT', json.dumps(timeback_nb.flush(5)))"))
+    sent = [e["type"] for e in run_events(server, run_id)]
+    if live:
+        assert counts["held"] == 0 and counts["queued"] == 0, counts
+        assert sent[-1] == "ActivityEvent", sent
+    else:
+        assert counts["held"] == 2 and counts["queued"] >= 2, counts  # the final window and the completion
+        assert "ActivityEvent" not in sent
+        wait_until(lambda: json.loads(nb.run(FINISHED_SOURCE))["finished"], 20, "the run to finish after the cell")
+        assert [e["type"] for e in run_events(server, run_id)][-1] == "ActivityEvent"
