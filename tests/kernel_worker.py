@@ -6,9 +6,9 @@ and arrive in a burst after it. The environment carries the config, the store an
 
     python tests/kernel_worker.py end INTERVAL
         start; 1.5 intervals idle; then a cell that calls end({"xpEarned": 5}), prints
-        "ended <page visible since, wall ms>" once end() has returned, and sleeps (kill it then).
+        "MARK ended <page visible since, wall ms>" once end() has returned, and sleeps (kill it then).
     python tests/kernel_worker.py long-cell INTERVAL
-        start; half an interval idle; then prints "cell <page visible since, wall ms>" and
+        start; half an interval idle; then prints "MARK cell <page visible since, wall ms>" and
         sleeps in the cell, the page's reports queued behind it (kill it then).
     python tests/kernel_worker.py start | flush
         The next process: start() an activity and wait for the outbox to drain (no flush), or
@@ -91,12 +91,12 @@ def main() -> None:
             time.sleep(1.5 * interval)
             shell.run_cell(
                 "activity.end({'xpEarned': 5})\n"
-                "print('ended', page.visible_since_wall_ms, flush=True)\n"
+                "print('MARK ended', page.visible_since_wall_ms, flush=True)\n"
                 "time.sleep(600)"
             )
         else:
             time.sleep(0.5 * interval)
-            shell.run_cell("print('cell', page.visible_since_wall_ms, flush=True)\ntime.sleep(600)")
+            shell.run_cell("print('MARK cell', page.visible_since_wall_ms, flush=True)\ntime.sleep(600)")
         return
     if mode == "start":
         activity = timeback_nb.start("week-4", "Week 4", MATH8, display=False)

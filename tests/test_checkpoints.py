@@ -47,9 +47,10 @@ def run_until_marker(env: dict[str, str], *args: str) -> tuple[subprocess.Popen,
     proc = subprocess.Popen(
         [sys.executable, str(WORKER), *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    line = proc.stdout.readline()
-    assert line, f"the worker ended early: {proc.stderr.read()}"
-    return proc, line.split()
+    for line in proc.stdout:  # other output (e.g. the end cell's confirmation) comes before
+        if line.startswith("MARK "):
+            return proc, line.split()[1:]
+    raise AssertionError(f"the worker ended early: {proc.stderr.read()}")
 
 
 def kill(proc: subprocess.Popen) -> int:
