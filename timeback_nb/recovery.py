@@ -53,7 +53,8 @@ def adopt_orphans(store: Store) -> int:
             target = Target(**data["target"])
             records = [record_from_json(r) for r in data["records"]]
             send_time = iso_utc_ms(SystemClock().wall_ms())
-            rows = [build_row(record, target, send_time) for record in records]
+            wire = data.get("wire", "caliper")  # relay mode commits the SDK's bodies
+            rows = [build_row(record, target, send_time, wire=wire) for record in records]
         except Exception:
             log.exception("timeback: the checkpoint of run %s cannot be read; left in place", checkpoint.run_id)
             continue
