@@ -398,13 +398,8 @@ def _email(value: Any, field: str) -> str:
 def validate_timeout(value: Any, field: str, *, low: float, high: float) -> float:
     """A timeout in seconds from `low` to `high` (both allowed). Refuses bools, NaN, infinities
     and integers too large for a float (``10**400``) by name, never with an OverflowError."""
-    number: float | None = None
-    if _is_number(value):
-        try:
-            number = float(value)
-        except (OverflowError, ValueError):
-            number = None
-    if number is None or not math.isfinite(number) or not low <= number <= high:
+    number = _finite(value)
+    if number is None or not low <= number <= high:
         raise invalid(field, f"expected a number of seconds from {low:g} to {high:g}, got {_show(value)}")
     return number
 
