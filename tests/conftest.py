@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 import timeback_nb
+
+if TYPE_CHECKING:
+    from .browser.harness import Chromium
 
 # Timeback's example config (protocol reference §6.9, without the staging sensor override).
 CONFIG = {
@@ -40,3 +43,14 @@ def local_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     from timeback_nb.outbox import stop_senders
 
     stop_senders()
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    """The session's one Chromium (Playwright's sync API allows one per process), for the
+    browser tests and the relay's hub tests alike."""
+    from .browser.harness import Chromium, running
+
+    browser = Chromium(tmp_path_factory.mktemp("chromium"))
+    with running(browser):
+        yield browser

@@ -1,4 +1,5 @@
-"""Fixtures: one Chromium and one Jupyter server per session, a notebook window per test."""
+"""Fixtures: one Jupyter server per session, a notebook window per test (the one Chromium of the
+session is `chromium` in tests/conftest.py: the hub tests drive it too)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,6 @@ from .harness import Chromium, JupyterServer, NotebookPage, running
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 OpenNotebook = Callable[..., NotebookPage]
-
-
-@pytest.fixture(scope="session")
-def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
-    browser = Chromium(tmp_path_factory.mktemp("chromium"))
-    with running(browser):
-        yield browser
 
 
 @pytest.fixture(scope="session")

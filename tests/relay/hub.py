@@ -107,7 +107,8 @@ class Hub:
             "home": str(self.home), "homes": str(self.homes()), "port": self.port, "hub_port": self.hub_port,
             "proxy_api_port": self.proxy_api_port, "relay_port": self.relay_port, "proxy": str(PROXY),
             "tester_token": self.tester_token, "kernel_env": kernel_env, "relay_env": relay_env,
-            "server_args": ["--allow-root"] if os.getuid() == 0 else [],
+            # window.jupyterapp, through which the browser tests drive Lab
+            "server_args": ["--LabApp.expose_app_in_browser=True", *(["--allow-root"] if os.getuid() == 0 else [])],
         }
         (self.home / "jupyterhub_config.py").write_text(
             _HUB_CONFIG.format(settings=settings, service=SERVICE, template=EMAIL_TEMPLATE)
@@ -190,3 +191,39 @@ class Hub:
             with contextlib.suppress(OSError, ValueError, ProcessLookupError):
                 os.kill(int((self.home / pidfile).read_text().strip()), signal.SIGKILL)
         self.process = None
+
+
+# --- a student in Chromium ----------------------------------------------------------------------
+
+
+class _HubServerView:
+    """What `NotebookPage` needs to know about "its server": one student's server on the hub."""
+
+    def __init__(self, hub: Hub, user: str) -> None:
+        self.hub, self.user = hub, user
+
+    def url(self, name: str, ui: str) -> str:
+        return f"{self.hub.url}/user/{self.user}/lab/tree/{name}?reset"
+
+    def shutdown_sessions(self, name: str) -> None:
+        """The hub stops the servers (and their kernels) at the end of the module."""
+
+
+def student_page(chromium: Any, hub: Hub, user: str, name: str) -> Any:
+    """`user` logs in to the hub in a browser context of their own (their own cookies) and opens
+    notebook `name` in JupyterLab; returns a `NotebookPage` on it."""
+    from ..browser.harness import NotebookPage
+
+    class StudentPage(NotebookPage):
+        def __post_init__(self) -> None:
+            context = chromium.browser.new_context()
+            self.page = context.new_page()
+            self.page.on("dialog", lambda dialog: dialog.accept())
+            self.page.goto(f"{hub.url}/hub/login")
+            self.page.fill("#username_input", user)
+            self.page.fill("#password_input", "any password: DummyAuthenticator")
+            self.page.click("#login_submit")
+            self.page.wait_for_url(f"**/user/{user}/**", timeout=120_000)
+            self.open()
+
+    return StudentPage(chromium, _HubServerView(hub, user), name, "lab")
