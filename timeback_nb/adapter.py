@@ -26,10 +26,10 @@ import httpx
 
 from . import events
 from .config import check_endpoint
-from .deadline import deadline, deadline_client
+from .deadline import deadline
 from .records import Completion, TimeWindow
 from .redaction import Redactor
-from .transport import MAX_REASON_CHARS, MAX_TIMEOUT_S, MIN_TIMEOUT_S, Outcome, _Secret, request_id, retry_after_seconds
+from .transport import MAX_TIMEOUT_S, MIN_TIMEOUT_S, Outcome, _HTTPTransport, _Secret, request_id, retry_after_seconds
 from .validation import validate_timeout
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def relay_error(response: httpx.Response) -> str:
     return reason
 
 
-class RelayTransport:
+class RelayTransport(_HTTPTransport):
     """POSTs adapter bodies to a relay at `base_url` with the kernel's own token.
 
     `scheme` is `token` (a JupyterHub API token, as the hub itself takes it) or `Bearer`.
@@ -128,28 +128,10 @@ class RelayTransport:
         self._auth = _Secret(f"{scheme} {token}")
         self.redact = Redactor()  # a relay may echo the token it was sent
         self.redact.add_secret(token)
-        self._owns_client = client is None
-        self._client = client if client is not None else deadline_client(self.timeout)
-        self._closed = False
+        self._use_client(client, self.timeout)
 
     def __repr__(self) -> str:
         return f"RelayTransport(base_url={self.base_url!r}, scheme={self.scheme!r})"
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            if self._owns_client:
-                self._client.close()
-
-    def __enter__(self) -> RelayTransport:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _scrub(self, text: str) -> str:
-        """Masked first, then cut short (a cut could leave the start of the token unrecognised)."""
-        return self.redact(text)[:MAX_REASON_CHARS]
 
     def send(self, body: str, event_id: str) -> Outcome:
         if self._closed:

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, TypeVar
 
 import httpx
 
@@ -186,7 +186,46 @@ class _TokenUnavailable(Exception):
     """No access token could be had; the event stays queued."""
 
 
-class CaliperTransport:
+_T = TypeVar("_T", bound="_HTTPTransport")
+
+
+class _HTTPTransport:
+    """What the HTTP transports share: a client of their own (or one passed in, left open),
+    `close()` safe to call twice, use as a context manager, and `_scrub` for remote text."""
+
+    redact: Redactor
+    _client: httpx.Client
+    _owns_client: bool
+    _closed: bool
+
+    def _use_client(self, client: httpx.Client | None, timeout: float) -> None:
+        self._owns_client = client is None
+        self._client = client if client is not None else deadline_client(timeout)
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._forget()
+            if self._owns_client:
+                self._client.close()
+
+    def _forget(self) -> None:
+        """Drop what must not outlive the transport (a token)."""
+
+    def __enter__(self: _T) -> _T:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _scrub(self, text: str) -> str:
+        """Text that came from outside (a server may echo credentials), masked, then cut short
+        (in that order: a cut could leave the start of a secret unrecognised)."""
+        return self.redact(text)[:MAX_REASON_CHARS]
+
+
+class CaliperTransport(_HTTPTransport):
     """POSTs events to `event_url` with a bearer token from `token_url` (client credentials).
 
     `client` (an `httpx.Client`) may be injected; it is then the caller's to close, and keeps
@@ -223,32 +262,16 @@ class CaliperTransport:
         self._token: _Secret | None = None
         self._token_expires = 0.0
         self._token_lock = threading.Lock()
-        self._owns_client = client is None
-        self._client = client if client is not None else deadline_client(self.timeout)
-        self._closed = False
+        self._use_client(client, self.timeout)
 
     def __repr__(self) -> str:
         return f"CaliperTransport(event_url={self.event_url!r}, token_url={self.token_url!r})"
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._token = None
-            if self._owns_client:
-                self._client.close()
-
-    def __enter__(self) -> CaliperTransport:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _forget(self) -> None:
+        self._token = None
 
     # -- token ---------------------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        """Text that came from outside (a server may echo credentials), masked, then cut short
-        (in that order: a cut could leave the start of a secret unrecognised)."""
-        return self.redact(text)[:MAX_REASON_CHARS]
 
     def _bearer(self) -> tuple[_Secret, str]:
         """The cached token, or a fresh one (one request at a time; the others wait for it,
