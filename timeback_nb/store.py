@@ -598,6 +598,25 @@ class Store:
                 (time.time(), *part),
             )
 
+    def prune_delivered(self, before: float, limit: int) -> int:
+        """Delete up to `limit` of the oldest rows delivered before `before` (wall-clock
+        seconds), in one short transaction; returns how many. Queued and rejected rows are
+        never deleted. Call again until it returns less than `limit`.
+
+        Rows are numbered as they are created and a row is delivered after it is created, so
+        every candidate lies below the first seq created at or after `before`: found by a
+        binary search over the primary key, it bounds the scan however large the store is (a
+        wall-clock step only moves that bound; the `updated` test decides)."""
+        with self._tx("pruning delivered rows") as conn:
+            bound = _first_seq_created_at(conn, before)
+            # NOT INDEXED: walk the primary key from the oldest row up to `bound`, not the
+            # state index (which would visit every delivered row to find none once pruned).
+            return conn.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox NOT INDEXED WHERE seq < ?"
+                " AND state = 'delivered' AND updated < ? ORDER BY seq LIMIT ?)",
+                (bound, before, limit),
+            ).rowcount
+
     def mark_rejected(self, seq: int, reason: str) -> None:
         self._finish(seq, "rejected", reason)
 
@@ -719,6 +738,20 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[NewRow]) -> int:
             (event_id, kind, run_id, body, now, now),
         ).rowcount
     return added
+
+
+def _first_seq_created_at(conn: sqlite3.Connection, when: float) -> int:
+    """The smallest seq whose row was created at or after `when` (one past the last row when
+    none was): a binary search by primary key, since seq grows with `created`."""
+    low, high = (int(v) for v in conn.execute("SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) + 1 FROM outbox").fetchone())
+    while low < high:
+        middle = (low + high) // 2
+        row = conn.execute("SELECT seq, created FROM outbox WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)).fetchone()
+        if row is None or row[1] >= when:
+            high = middle
+        else:
+            low = int(row[0]) + 1
+    return low
 
 
 def _take_attempt(conn: sqlite3.Connection, user_key: str, object_id: str) -> int:
