@@ -181,6 +181,18 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def number_within(value: Any, low: float, high: float) -> float | None:
+    """`value` (a number, or a numeral such as a command-line argument) as a finite float from
+    `low` to `high`, or None: for callers that raise their own error (e.g. a ConfigError)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    number = _finite(value)
+    return number if number is not None and low <= number <= high else None
+
+
 def validate_seconds(value: Any, field: str, knob: str | None = None) -> float:
     """A number of seconds for the knob `knob` (default: `field`) within its range, as float;
     `field` is what the message names (an argument, an environment variable, a config option)."""

@@ -181,10 +181,11 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class Submit:
-    """A valid submit body: the completion, and `process` (true when absent)."""
+    """A valid submit body: the completion, `process` (true when absent), and its endedAt in epoch ms."""
 
     completion: Completion
     process: bool
+    ended_ms: int
 
 
 def validate_heartbeat(body: Any) -> Heartbeat:
@@ -203,7 +204,7 @@ def validate_submit(body: Any) -> Submit:
     pairing, correct ≤ total). xpEarned may be negative (a deduction), as in the SDK; a
     pctComplete outside 0-100 is clamped before it is sent (the SDK forgets to, §5.6)."""
     activity, run_id = _common(body)
-    ended_at, _ = _datetime(body, "endedAt")
+    ended_at, ended_ms = _datetime(body, "endedAt")
     process = body.get("process")
     if process is not None and not isinstance(process, bool):
         raise invalid_payload("process", "Expected boolean")
@@ -233,7 +234,7 @@ def validate_submit(body: Any) -> Submit:
     if pct is not None:
         values["pctComplete"] = min(max(pct, 0), 100)
     completion = Completion(activity, run_id, ended_at, values)
-    return Submit(completion, True if process is None else process)
+    return Submit(completion, True if process is None else process, ended_ms)
 
 
 # -- course resolution (§5.4 step 5, §5.5 step 5) ------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from ..errors import TimebackError
 from ..outbox import MAX_BATCH_SIZE
+from .retention import DEFAULT_RETENTION_DAYS, RETENTION_DAYS_RANGE
 from .service import DEFAULT_BASE_PATH, RelayOptions
 
 PROG = "timeback-nb relay"
@@ -40,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-parallel", type=_positive, default=2, metavar="K",
         help="a student's active time is at most K × wall time across runs (2: a split view)",
     )
+    low, high = RETENTION_DAYS_RANGE
+    parser.add_argument(
+        "--retention-days", default=DEFAULT_RETENTION_DAYS, metavar="DAYS",  # checked by Relay: a ConfigError
+        help=f"delivered events and accepted windows are pruned after DAYS ({low:g} to {high:g}, {DEFAULT_RETENTION_DAYS:g}); "
+        "windows and completions older than that are refused",
+    )
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 
@@ -63,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = RelayOptions(
         host=args.host, port=args.port, base_path=args.base_path, store=args.store, tokens=args.tokens,
         users=args.users, email_template=args.email_template, batch=args.batch, max_parallel=args.max_parallel,
-        environ=dict(os.environ),
+        retention_days=args.retention_days, environ=dict(os.environ),
     )
     try:
         from .app import serve

@@ -1,5 +1,5 @@
-"""What a heartbeat window must look like before the relay counts it (beyond the SDK's
-field checks, which check none of this: protocol reference §5.5).
+"""What a heartbeat window (and a completion's time) must look like before the relay counts
+it, beyond the SDK's field checks, which check none of this (protocol reference §5.5).
 
 Pure arithmetic on epoch milliseconds; the relay's store supplies the accepted windows the
 stateful rules compare against. Each refusal is a 400 INVALID_PAYLOAD naming the field.
@@ -15,6 +15,8 @@ __all__ = [
     "MAX_WINDOW_MS",
     "SKEW_MS",
     "TOLERANCE_MS",
+    "check_age",
+    "check_not_future",
     "check_parallel",
     "check_window",
     "overlapping",
@@ -33,13 +35,30 @@ def check_window(beat: Heartbeat, now_ms: int) -> None:
         raise invalid_payload("endedAt", "endedAt must be after startedAt")
     if length > MAX_WINDOW_MS:
         raise invalid_payload("endedAt", f"A window lasts at most {MAX_WINDOW_MS // 60000} minutes; this one {length} ms")
-    if beat.ended_ms > now_ms + SKEW_MS:
-        raise invalid_payload("endedAt", "endedAt is in the future")
+    check_not_future("endedAt", beat.ended_ms, now_ms)
     window = beat.window
     if abs(window.elapsed_ms + window.paused_ms - length) > TOLERANCE_MS:
         raise invalid_payload(
             "elapsedMs", f"elapsedMs + pausedMs must equal the window's length ({length} ms), "
             f"got {window.elapsed_ms + window.paused_ms} ms",
+        )
+
+
+def check_not_future(field: str, ms: int, now_ms: int) -> None:
+    """A moment a kernel reports (a window's or a completion's end) is not ahead of the
+    relay's clock by more than the skew allowed."""
+    if ms > now_ms + SKEW_MS:
+        raise invalid_payload(field, f"{field} is in the future")
+
+
+def check_age(field: str, ms: int, now_ms: int, max_age_ms: int) -> None:
+    """A window's start or a completion's end is at most `max_age_ms` back (the relay's
+    `--retention-days`): the relay prunes what would tell an older event from one it has
+    already counted, so it refuses it rather than count it twice."""
+    if ms < now_ms - max_age_ms:
+        raise invalid_payload(
+            field, f"{field} is more than {max_age_ms / 86_400_000:g} days ago, beyond the relay's retention: "
+            "it may have been counted already and can no longer be told from a duplicate",
         )
 
 

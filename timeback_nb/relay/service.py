@@ -24,7 +24,8 @@ from ..store import Store
 from .adapter import AdapterError, CourseResolver, parse_body, validate_heartbeat, validate_submit
 from .identity import Directory, FileTokens, HubTokens, TokenResolver, bearer_token
 from .journal import ACCEPTED, CompletionItem, Journal, TimeItem
-from .plausibility import check_window
+from .plausibility import check_age, check_not_future, check_window
+from .retention import DEFAULT_RETENTION_DAYS, Pruner, validate_retention_days
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class RelayOptions:
     email_template: str | None = None
     batch: int = 100
     max_parallel: int = 2
+    retention_days: float | str = DEFAULT_RETENTION_DAYS
     environ: dict[str, str] = field(default_factory=dict)
 
 
@@ -80,6 +82,7 @@ class Relay:
             )
         if options.max_parallel < 1:
             raise ConfigError(f"--max-parallel: expected an integer ≥ 1, got {options.max_parallel}", field="--max-parallel")
+        retention_days = validate_retention_days(options.retention_days)
         self.hub = hub_environment(environ)
         config_path = find_config(environ=environ)
         if config_path is None:
@@ -96,13 +99,14 @@ class Relay:
                 "--tokens: required outside JupyterHub (a JSON file {\"<token>\": {\"name\": \"alice\"}})",
                 field="--tokens",
             )
+        self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         store_path = options.store or self.settings.store_path
         self.store = Store(store_path, synchronous="FULL")
         self.directory = Directory.from_file(self.settings, self.store, options.users, options.email_template)
         self.sender = _make_sender(self.store, make_transport(self.settings, self.store), options.batch)
         self.nudge = _Nudge(self.sender.wake)
         self.journal = Journal(self.store, max_parallel=options.max_parallel, on_commit=lambda n: self.nudge.poke())
-        self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        self.pruner = Pruner(self.store, retention_days, wall_ms=self._wall_ms)
         self._targets: dict[tuple[Any, ...], Target] = {}
 
     def __repr__(self) -> str:
@@ -129,9 +133,11 @@ class Relay:
         self.journal.start()
         self.sender.start()
         self.nudge.start()
+        self.pruner.start()
         return self
 
     def stop(self) -> None:
+        self.pruner.stop()
         self.journal.stop()
         self.nudge.stop()
         self.sender.stop(5.0)
@@ -146,7 +152,9 @@ class Relay:
             name = await self._identify(authorization)
             beat = validate_heartbeat(parse_body(raw))
             resolved = self.courses.resolve(beat.window.activity.course)
-            check_window(beat, self._wall_ms())
+            now_ms = self._wall_ms()
+            check_window(beat, now_ms)
+            check_age("startedAt", beat.started_ms, now_ms, self.pruner.max_age_ms)
             target = await self._target(name, resolved)
             result = await self.journal.commit(TimeItem(name, beat, target))
         except AdapterError as exc:
@@ -158,6 +166,9 @@ class Relay:
             name = await self._identify(authorization)
             submit = validate_submit(parse_body(raw))
             resolved = self.courses.resolve(submit.completion.activity.course)
+            now_ms = self._wall_ms()
+            check_not_future("endedAt", submit.ended_ms, now_ms)
+            check_age("endedAt", submit.ended_ms, now_ms, self.pruner.max_age_ms)
             target = await self._target(name, resolved)
             result = await self.journal.commit(CompletionItem(name, submit, target))
         except AdapterError as exc:
@@ -174,6 +185,8 @@ class Relay:
             "queued": self.store.queued_count(max_seq=self.store.last_seq()),
             "accepted": self.journal.accepted,
             "lastError": self.sender.last_error,
+            "retentionDays": self.pruner.retention_days,
+            "pruned": None if self.pruner.last is None else self.pruner.last.as_json(),
         }
 
     async def _identify(self, authorization: str | None) -> str:
