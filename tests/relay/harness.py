@@ -137,13 +137,15 @@ class RelayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/timeback"
 
-    def start(self) -> RelayProcess:
-        command = [
+    def command(self) -> list[str]:
+        return [
             sys.executable, "-m", "timeback_nb.relay", "--port", str(self.port), "--store", str(self.home / "relay.sqlite"),
             "--tokens", str(self.files["tokens"]), "--users", str(self.files["users"]), *self.args,
         ]
+
+    def start(self) -> RelayProcess:
         log = open(self.home / "relay.log", "ab")  # noqa: SIM115 (the process keeps it)
-        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(self.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + 30
         while True:

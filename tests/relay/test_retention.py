@@ -1,5 +1,6 @@
 """The relay's retention: what pruning removes and keeps, in chunks, against an injected clock;
-what a resent event older than the retention gets; `--retention-days` refused by name."""
+what a resent event older than the retention gets; `--retention-days` refused by name; and
+one relay process per store, with real processes."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from typing import Any, Iterator
 import pytest
 
 from timeback_nb.errors import ConfigError
+from timeback_nb.relay import Relay, RelayOptions
 from timeback_nb.relay.retention import DAY_MS, MARGIN_MS, Pruner, validate_retention_days
 from timeback_nb.store import Store
 
-from .harness import NOW, ROOT, InProcessRelay, heartbeat_body, new_run, relay_files, submit_body
+from ..loopback import LoopbackServer
+from .harness import NOW, ROOT, InProcessRelay, RelayProcess, heartbeat_body, new_run, relay_files, submit_body
 
 WEEK_MS = 7 * DAY_MS
 
@@ -229,3 +232,37 @@ def test_the_relay_command_refuses_a_bad_retention_naming_the_option(tmp_path: P
     assert result.returncode == 1
     assert "--retention-days: expected a number of days from 1 to 3650, got '0'" in result.stderr
     assert not (tmp_path / "relay.sqlite").exists()  # refused before anything was opened
+
+
+# -- one relay process per store -------------------------------------------------------------------
+
+
+def test_a_second_relay_in_the_same_process_is_refused_and_the_first_keeps_working(relay: InProcessRelay) -> None:
+    with pytest.raises(ConfigError, match="another timeback-nb relay .* is running on this store") as error:
+        Relay(relay.options)
+    assert error.value.field == "--store"
+    assert relay.post("heartbeat", heartbeat_body(new_run(), NOW - 60_000))[0] == 204
+    relay.restart()  # stop releases the lock: the next one on the store starts
+    assert relay.post("heartbeat", heartbeat_body(new_run(), NOW - 30_000))[0] == 204
+
+
+def test_a_second_relay_process_on_the_same_store_exits_and_a_restart_after_sigkill_starts(tmp_path: Path) -> None:
+    with LoopbackServer() as caliper:
+        first = RelayProcess(tmp_path, caliper).start()
+        second = RelayProcess(tmp_path, caliper)
+        try:
+            assert first.process is not None
+            result = subprocess.run(second.command(), env=second.env, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 1
+            assert f"another timeback-nb relay (pid {first.process.pid}) is running on this store" in result.stderr
+            assert "relay.sqlite.lock" in result.stderr
+            assert first.client.get(first.url + "/health").status_code == 200  # the first one is untouched
+            first.kill()  # SIGKILL: no shutdown code runs, the OS drops the lock
+            second.start()
+            assert second.client.get(second.url + "/health").json()["status"] == "ok"
+            run = new_run()
+            assert second.post("heartbeat", heartbeat_body(run, time.time_ns() // 1_000_000 - 60_000)).status_code == 204
+        finally:
+            second.stop()
+            first.stop()
+    assert int((tmp_path / "relay.sqlite.lock").read_text()) > 0  # the last holder's pid, for the message

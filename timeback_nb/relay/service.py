@@ -24,6 +24,7 @@ from ..store import Store
 from .adapter import AdapterError, CourseResolver, parse_body, validate_heartbeat, validate_submit
 from .identity import Directory, FileTokens, HubTokens, TokenResolver, bearer_token
 from .journal import ACCEPTED, CompletionItem, Journal, TimeItem
+from .lock import StoreLock
 from .plausibility import check_age, check_not_future, check_window
 from .retention import DEFAULT_RETENTION_DAYS, Pruner, validate_retention_days
 
@@ -101,12 +102,20 @@ class Relay:
             )
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         store_path = options.store or self.settings.store_path
-        self.store = Store(store_path, synchronous="FULL")
-        self.directory = Directory.from_file(self.settings, self.store, options.users, options.email_template)
-        self.sender = _make_sender(self.store, make_transport(self.settings, self.store), options.batch)
-        self.nudge = _Nudge(self.sender.wake)
-        self.journal = Journal(self.store, max_parallel=options.max_parallel, on_commit=lambda n: self.nudge.poke())
-        self.pruner = Pruner(self.store, retention_days, wall_ms=self._wall_ms)
+        # Before the store is touched: a second relay on this file stops here (see .lock).
+        self.lock = StoreLock(store_path).acquire()
+        try:
+            self.store = Store(store_path, synchronous="FULL")
+            self.directory = Directory.from_file(self.settings, self.store, options.users, options.email_template)
+            self.sender = _make_sender(self.store, make_transport(self.settings, self.store), options.batch)
+            self.nudge = _Nudge(self.sender.wake)
+            self.journal = Journal(self.store, max_parallel=options.max_parallel, on_commit=lambda n: self.nudge.poke())
+            self.pruner = Pruner(self.store, retention_days, wall_ms=self._wall_ms)
+        except BaseException:
+            if hasattr(self, "store"):
+                self.store.close()
+            self.lock.release()
+            raise
         self._targets: dict[tuple[Any, ...], Target] = {}
 
     def __repr__(self) -> str:
@@ -144,6 +153,7 @@ class Relay:
         if self.sender.transport is not None:
             self.sender.transport.close()
         self.store.close()
+        self.lock.release()
 
     # -- the routes ----------------------------------------------------------------------------
 
@@ -253,7 +263,7 @@ class _Nudge:
 
 
 def _make_sender(store: Store, transport: Any, batch: int) -> Sender:
-    # One relay per store: a fixed lease owner lets a restarted relay (after a crash) send the
+    # One relay per store (its StoreLock sees to it): a fixed lease owner lets a restarted relay (after a crash) send the
     # rows its previous life had leased at once, instead of after the lease runs out.
     # Up to `batch` events per envelope (a rejected batch is split to isolate the bad event).
     return Sender(store, transport, owner=f"timeback-relay:{socket.gethostname()}:{store.path}", batch_size=batch)
