@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from timeback_nb.errors import ConfigError, StateError, ValidationError
+from timeback_nb.errors import ConfigError, StateError, StoreError, ValidationError
 from timeback_nb.store import _LEASE_SQL, SCHEMA_VERSION, Store
+
+from .store_faults import StoreFaults
 
 
 @pytest.fixture
@@ -89,6 +92,28 @@ def test_close_is_idempotent_and_use_after_close_is_a_state_error(tmp_path: Path
     assert s.closed
     with pytest.raises(StateError, match="closed"):
         s.counts()
+
+
+def test_patience_bounds_the_wait_for_a_lock_and_calls_after_it_wait_the_busy_timeout_again(tmp_path: Path) -> None:
+    # The connection's busy_timeout is only set when a call needs another value than the last
+    # call did; a call without patience must still get the store's full timeout.
+    s = Store(tmp_path / "tb.sqlite3", busy_timeout_ms=1500)
+
+    def waited(call) -> float:
+        start = time.monotonic()
+        with pytest.raises(StoreError, match="locked"):
+            call()
+        return time.monotonic() - start
+
+    with StoreFaults.locked(s.path):
+        with s.patience(0.2):
+            assert waited(lambda: s.enqueue("a", "time", None, "{}")) < 1.0
+            assert waited(lambda: s.enqueue("b", "time", None, "{}")) < 1.0
+        assert waited(lambda: s.enqueue("c", "time", None, "{}")) >= 1.4
+        with s.patience(0.2):
+            assert waited(lambda: s.lease("me", 0.0, 30, 1)) < 1.0
+    assert s.enqueue("d", "time", None, "{}")
+    s.close()
 
 
 # -- runs, attempts, users ---------------------------------------------------------------------

@@ -226,6 +226,7 @@ class Store:
         self._holder: tuple[str, float] = ("", 0.0)  # the call holding the lock, since when
         self._conn: sqlite3.Connection | None = None
         self._inode: tuple[int, int] | None = None
+        self._timeout_ms = self._busy_timeout_ms  # what the connection's busy_timeout is now
         self._conn = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -246,6 +247,7 @@ class Store:
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             self._migrate(conn)
             self._inode = self._file_id()
+            self._timeout_ms = self._busy_timeout_ms
         except ConfigError:
             conn.close()
             raise
@@ -317,13 +319,13 @@ class Store:
             if write:
                 self._follow_the_file()
             conn = self._open_conn()
-            if patience is not None:
-                conn.execute(f"PRAGMA busy_timeout = {int(patience * 1000)}")
-            try:
-                yield conn
-            finally:
-                if patience is not None and self._conn is conn:
-                    conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            # Set only when it changes: a kernel's writes in a row share one patience, and a
+            # pragma is a statement of its own on the heartbeat's path.
+            timeout_ms = self._busy_timeout_ms if patience is None else int(patience * 1000)
+            if timeout_ms != self._timeout_ms:
+                conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+                self._timeout_ms = timeout_ms
+            yield conn
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"store '{self.path}': {what} failed: {exc}", field="TIMEBACK_NB_STORE") from exc
         finally:
