@@ -210,17 +210,11 @@ class Store:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, synchronous: str = "NORMAL",
-        connect: Connect = _connect,
+        self, path: str | os.PathLike[str], *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, connect: Connect = _connect,
     ) -> None:
         self.path = Path(path).expanduser()
         self._lock = threading.RLock()
         self._busy_timeout_ms = int(busy_timeout_ms)
-        # NORMAL survives a killed process; the relay asks for FULL (an fsync per commit, which
-        # its group commit shares out) since after its 204 a kernel never sends that window again.
-        if synchronous not in ("NORMAL", "FULL"):
-            raise ValueError(f"synchronous: expected NORMAL or FULL, got {synchronous!r}")
-        self._synchronous = synchronous
         self._connect = connect  # the seam tests use to inject faults (tests/store_faults.py)
         self._local = threading.local()  # this thread's patience, if any
         self._holder: tuple[str, float] = ("", 0.0)  # the call holding the lock, since when
@@ -244,7 +238,7 @@ class Store:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 log.warning("store %s: journal_mode is %s, not wal", self.path, mode)
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate(conn)
             self._inode = self._file_id()
             self._timeout_ms = self._busy_timeout_ms
@@ -332,10 +326,12 @@ class Store:
             self._lock.release()
 
     @contextmanager
-    def _tx(self, what: str = "write") -> Iterator[sqlite3.Connection]:
+    def _tx(self, what: str = "write", *, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """A write transaction of several statements; it takes the database write lock up front
         (BEGIN IMMEDIATE), so it never fails half-way on another process's lock. Inside an
-        open transaction it is a savepoint: it joins the outer commit (see `transaction`)."""
+        open transaction it is a savepoint: it joins the outer commit (see `transaction`).
+        `durable`: the commit is fsynced (synchronous=FULL for this one transaction; SQLite
+        takes the level only outside a transaction)."""
         with self._using(what, write=True) as conn:
             if conn.in_transaction:
                 conn.execute("SAVEPOINT nested")
@@ -347,20 +343,28 @@ class Store:
                     raise
                 conn.execute("RELEASE nested")
                 return
-            conn.execute("BEGIN IMMEDIATE")
+            if durable:
+                conn.execute("PRAGMA synchronous = FULL")
             try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                if durable and self._conn is conn:
+                    conn.execute("PRAGMA synchronous = NORMAL")
 
-    def transaction(self) -> Any:
+    def transaction(self, *, durable: bool = False) -> Any:
         """One commit around many calls (`with store.transaction() as conn:`): every method
         called inside, on this thread, joins it, and nothing is durable before it ends. The
-        relay commits a group of requests' events this way before answering any of them."""
-        return self._tx()
+        relay commits a group of requests' events this way, `durable` (fsynced: it survives a
+        power cut, not only a killed process), before answering any of them; rows go in with
+        `insert_rows(conn, rows)`."""
+        return self._tx(durable=durable)
 
     def _query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         """One read. A single statement is atomic on its own: no BEGIN/COMMIT round trips."""
@@ -515,7 +519,7 @@ class Store:
         if drop_checkpoint is None and len(rows) == 1 and not isinstance(rows[0], NumberedRow):
             return int(self._insert(*rows[0], "queued", None))  # one statement: no transaction needed
         with self._tx("committing events") as conn:
-            added = _insert_rows(conn, rows)
+            added = insert_rows(conn, rows)
             if drop_checkpoint is not None:
                 conn.execute("DELETE FROM checkpoints WHERE run_id = ?", (drop_checkpoint,))
         return added
@@ -549,7 +553,7 @@ class Store:
             ).rowcount
             if not dropped:
                 return None
-            added = _insert_rows(conn, rows)
+            added = insert_rows(conn, rows)
             if ended_at is not None:
                 conn.execute(
                     "UPDATE runs SET ended_at = ? WHERE run_id = ? AND ended_at IS NULL", (ended_at, checkpoint.run_id)
@@ -720,25 +724,35 @@ class Store:
         return [dict(r) for r in reversed(self._query(sql, params))]
 
 
-def _insert_rows(conn: sqlite3.Connection, rows: list[NewRow]) -> int:
+_INSERT_QUEUED = (
+    "INSERT OR IGNORE INTO outbox (event_id, kind, run_id, body, state, created, updated)"
+    " VALUES (?, ?, ?, ?, 'queued', ?, ?)"
+)
+
+
+def insert_rows(conn: sqlite3.Connection, rows: list[NewRow]) -> int:
+    """Insert outbox rows on `conn`, in order, inside the caller's transaction; how many were
+    new (a row whose event id is already there is a replay and is skipped). Plain rows in a
+    row go in with one statement."""
     now = time.time()
     added = 0
+    plain: list[tuple[Any, ...]] = []
     for row in rows:
-        if isinstance(row, NumberedRow):
-            event_id, body = row.build(1)
-            if conn.execute("SELECT 1 FROM outbox WHERE event_id = ?", (event_id,)).fetchone():
-                continue  # a replay: it already has its number
-            attempt = _take_attempt(conn, row.user_key, row.object_id)
-            if attempt != 1:
-                event_id, body = row.build(attempt)
-            kind, run_id = row.kind, row.run_id
-        else:
-            event_id, kind, run_id, body = row
-        added += conn.execute(
-            "INSERT OR IGNORE INTO outbox (event_id, kind, run_id, body, state, created, updated)"
-            " VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-            (event_id, kind, run_id, body, now, now),
-        ).rowcount
+        if not isinstance(row, NumberedRow):
+            plain.append((*row, now, now))
+            continue
+        if plain:
+            added += conn.executemany(_INSERT_QUEUED, plain).rowcount
+            plain = []
+        event_id, body = row.build(1)
+        if conn.execute("SELECT 1 FROM outbox WHERE event_id = ?", (event_id,)).fetchone():
+            continue  # a replay: it already has its number
+        attempt = _take_attempt(conn, row.user_key, row.object_id)
+        if attempt != 1:
+            event_id, body = row.build(attempt)
+        added += conn.execute(_INSERT_QUEUED, (event_id, row.kind, row.run_id, body, now, now)).rowcount
+    if plain:
+        added += conn.executemany(_INSERT_QUEUED, plain).rowcount
     return added
 
 

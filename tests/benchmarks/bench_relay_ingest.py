@@ -1,8 +1,8 @@
 """Relay ingest: heartbeat requests per second into `timeback-nb relay` (a real process on
-127.0.0.1, standalone tokens, delivering with its sender to the loopback Caliper stand-in),
-from 64 keep-alive clients, each request answered only after its event is committed to the
-relay's outbox (group commit, synchronous=FULL); then p50/p99 latency at a steady 500
-requests/s. The baseline is tornado answering 204 to the same requests with no work, in the
+127.0.0.1 with its writer process, standalone tokens, delivering with its sender to the
+loopback Caliper stand-in), from 64 keep-alive clients, each request answered only after its
+event is committed to the relay's outbox (group commit, fsynced); then p50/p99 latency at a
+steady 500 requests/s. The baseline is tornado answering 204 to the same requests with no work, in the
 same run, driven by the same load generator (a separate process).
 
 Correctness, checked afterwards in the relay's store: one outbox row per 204, none twice.
@@ -155,8 +155,8 @@ def run(quick: bool) -> list[Row]:
             print(f"  rep {rep + 1}/{reps}: relay {rate:.0f}/s, bare tornado {baseline:.0f}/s, "
                   f"at {PACED_RATE}/s p50 {steady['p50_ms']:.2f} ms p99 {steady['p99_ms']:.2f} ms", file=sys.stderr, flush=True)
     note = (f"{CLIENTS} keep-alive clients, each a student streaming its own run; every 204 followed a "
-            "commit of the event to the relay's outbox (group commit, synchronous=FULL); store checked: "
-            "one row per 204, no id twice")
+            "durable (fsynced) commit of the event to the relay's outbox by its writer process (group commit); "
+            "store checked: one row per 204, no id twice")
     return [
         Row(NAME, f"heartbeats/s, {CLIENTS} clients, durable before reply", rates, Bar("at_least", BAR_PER_S),
             f"≥ {BAR_PER_S:,}/s", baseline=median(bares), baseline_text="bare tornado 204, same load", digits=0,

@@ -85,7 +85,7 @@ class InProcessRelay:
         options.setdefault("users", files["users"])
         options.setdefault("tokens", files["tokens"])
         self.options = RelayOptions(store=home / "relay.sqlite", environ=env, **options)
-        self.relay = Relay(self.options, wall_ms=lambda: self.now).start()
+        self.relay = Relay(self.options, wall_ms=lambda: self.now, in_process=True).start()
         # The relay's own loop, on a thread of its own (the test's thread may have a loop running).
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="relay-test-loop", daemon=True)
@@ -100,9 +100,26 @@ class InProcessRelay:
         handler = self.relay.heartbeat if route == "heartbeat" else self.relay.submit
         return self.call(handler(auth, data))
 
+    def post_as_one_group(self, requests: list[tuple[str, Any, str]]) -> list[tuple[int, Any]]:
+        """Post `(route, body, token)` requests so the writer commits them as one group: it is
+        stopped while they queue, then started again."""
+        self.relay.journal.stop()
+        groups = self.relay.journal.groups
+        pending = []
+        for route, body, token in requests:
+            handler = self.relay.heartbeat if route == "heartbeat" else self.relay.submit
+            pending.append(asyncio.run_coroutine_threadsafe(handler(f"token {token}", json.dumps(body).encode()), self.loop))
+        deadline = time.monotonic() + 10
+        while self.relay.journal.queued() < len(requests) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.relay.journal.start()
+        replies = [future.result(30) for future in pending]
+        assert self.relay.journal.groups == groups + 1, "the requests were not committed as one group"
+        return replies
+
     def restart(self) -> None:
         self.relay.stop()
-        self.relay = Relay(self.options, wall_ms=lambda: self.now).start()
+        self.relay = Relay(self.options, wall_ms=lambda: self.now, in_process=True).start()
 
     def outbox(self) -> list[dict[str, Any]]:
         return [json.loads(row["body"]) for row in self.relay.store.events()]  # oldest first
@@ -160,6 +177,14 @@ class RelayProcess:
 
     def post(self, route: str, body: Any, token: str = "tok-alice") -> httpx.Response:
         return self.client.post(f"{self.url}/activity/{route}", json=body, headers={"Authorization": f"token {token}"})
+
+    def writer_pid(self) -> int | None:
+        """The relay's writer process (its one child; None while it has none or two). A child
+        is listed under the thread that started it: the relay's, or its group thread's."""
+        assert self.process is not None
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        children = [pid for task in tasks.iterdir() for pid in (task / "children").read_text().split()]
+        return int(children[0]) if len(children) == 1 else None
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""

@@ -71,6 +71,39 @@ def test_the_same_window_again_is_a_duplicate_and_an_overlap_is_refused(relay: I
     assert len(relay.outbox()) == 2
 
 
+def test_the_rules_hold_between_requests_committed_together(relay: InProcessRelay) -> None:
+    """Requests that arrive together are judged in one transaction: each against the store and
+    the group's earlier requests, so a duplicate, an overlap, a run claimed twice or a third
+    parallel run is caught inside the group as it is across groups, and a refusal writes nothing."""
+    run, other, third, contested = new_run(), new_run(), new_run(), new_run()
+    replies = relay.post_as_one_group([
+        ("heartbeat", heartbeat_body(run, T, paused_ms=0), "tok-alice"),
+        ("heartbeat", heartbeat_body(run, T, paused_ms=0), "tok-alice"),  # the same window
+        ("heartbeat", heartbeat_body(run, T + 5_000), "tok-alice"),  # overlaps it
+        ("heartbeat", heartbeat_body(other, T, paused_ms=0), "tok-alice"),  # a split view: allowed
+        ("heartbeat", heartbeat_body(third, T, paused_ms=0), "tok-alice"),  # a third at once: not
+        ("heartbeat", heartbeat_body(contested, T), "tok-bob"),
+        ("heartbeat", heartbeat_body(contested, T + 15_000), "tok-alice"),  # bob's since a moment ago
+        ("heartbeat", heartbeat_body(run, T + 15_000), "tok-alice"),  # the next window
+        ("submit", submit_body(run, T + 30_000), "tok-alice"),
+        ("submit", submit_body(run, T + 30_000), "tok-alice"),  # the same completion
+    ])
+    assert [status for status, _ in replies] == [204, 200, 400, 204, 400, 204, 403, 204, 204, 200]
+    assert replies[1][1] == replies[9][1] == {"duplicate": True}
+    assert "overlaps" in _refused(replies[2][1], "startedAt")
+    assert "2 activities at once" in _refused(replies[4][1], "elapsedMs")
+    assert replies[6][1]["error"]["code"] == "FORBIDDEN"
+    events = [envelope["data"][0] for envelope in relay.outbox()]
+    assert [(e["action"], e["session"].removeprefix("urn:uuid:")) for e in events] == [
+        ("SpentTime", run), ("SpentTime", other), ("SpentTime", contested), ("SpentTime", run), ("Completed", run),
+    ]
+    assert events[2]["actor"]["email"] == "bob@school.edu"
+    # What the group committed is what later requests are judged against.
+    assert relay.post("heartbeat", heartbeat_body(contested, T + 15_000), token="tok-alice")[0] == 403
+    assert relay.post("heartbeat", heartbeat_body(third, T, paused_ms=0))[0] == 400
+    assert relay.post("heartbeat", heartbeat_body(run, T + 15_000)) == (200, {"duplicate": True})
+
+
 def test_a_run_belongs_to_its_first_user_whatever_the_body_says(relay: InProcessRelay) -> None:
     run = new_run()
     assert relay.post("heartbeat", heartbeat_body(run, T), token="tok-alice")[0] == 204

@@ -110,12 +110,12 @@ def test_a_pass_removes_old_delivered_events_windows_and_runs_and_keeps_queued_a
     assert relay.post("submit", submit_body(completed, t0 - 3_600_000))[0] == 204
     store = relay.relay.store
     _until(lambda: store.counts()["delivered"] == 6, "the local transport's deliveries")
-    relay.relay.sender.stop()
+    relay.relay.side.sender.stop()
     store.enqueue("queued-long-ago", "time", old, "{}")
     store.park("rejected-long-ago", "time", old, "{}", "[400] shown to operators")
 
     relay.now = t0 + WEEK_MS + MARGIN_MS + 30_000  # the pruning horizon is now t0 + 30 s
-    pruner = relay.relay.pruner
+    pruner = relay.relay.side.pruner
     pruner.chunk = 2
     pruned = pruner.prune()
 
@@ -124,9 +124,10 @@ def test_a_pass_removes_old_delivered_events_windows_and_runs_and_keeps_queued_a
     assert _states(store) == {"queued-long-ago": "queued", "rejected-long-ago": "rejected"}
     runs, windows = _relay_tables(store)
     assert runs == {current} and windows == {(current, t0 + 44_000)}  # a run with a window left stays
-    assert relay.relay.health()["pruned"] == {
+    status, health = relay.call(relay.relay.health())
+    assert status == 200 and health["pruned"] == {
         "at": pruned.as_json()["at"], "outbox": 6, "windows": 4, "runs": 2,
-    } and relay.relay.health()["retentionDays"] == 7
+    } and health["retentionDays"] == 7
     assert pruner.prune().outbox == 0  # nothing left to do
 
     # What was pruned, resent by a kernel that never saw the reply, is refused, not counted again.
@@ -143,7 +144,7 @@ def test_before_the_horizon_nothing_is_removed(relay: InProcessRelay) -> None:
     assert relay.post("heartbeat", heartbeat_body(run, t0 - 60_000))[0] == 204
     _until(lambda: relay.relay.store.counts()["delivered"] == 1, "the delivery")
     relay.now = t0 + WEEK_MS + MARGIN_MS - 60_000  # everything is just inside the retention + margin
-    pruned = relay.relay.pruner.prune()
+    pruned = relay.relay.side.pruner.prune()
     assert (pruned.outbox, pruned.windows, pruned.runs) == (0, 0, 0)
     assert _relay_tables(relay.relay.store) == ({run}, {(run, t0 - 60_000)})
 
@@ -158,7 +159,7 @@ def test_a_completion_stamped_ahead_of_the_relay_is_still_a_duplicate_a_retentio
     assert relay.post("submit", submit_body(run, ahead)) == (204, None)
     _until(lambda: relay.relay.store.counts()["delivered"] == 1, "the delivery")
     relay.now = ahead + WEEK_MS  # the last moment the age check lets it through
-    relay.relay.pruner.prune()
+    relay.relay.side.pruner.prune()
     assert relay.post("submit", submit_body(run, ahead)) == (200, {"duplicate": True})
     assert len(relay.outbox()) == 1
 
@@ -239,7 +240,7 @@ def test_the_relay_command_refuses_a_bad_retention_naming_the_option(tmp_path: P
 
 def test_a_second_relay_in_the_same_process_is_refused_and_the_first_keeps_working(relay: InProcessRelay) -> None:
     with pytest.raises(ConfigError, match="another timeback-nb relay .* is running on this store") as error:
-        Relay(relay.options)
+        Relay(relay.options, in_process=True, lock_wait=0)
     assert error.value.field == "--store"
     assert relay.post("heartbeat", heartbeat_body(new_run(), NOW - 60_000))[0] == 204
     relay.restart()  # stop releases the lock: the next one on the store starts

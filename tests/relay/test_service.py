@@ -5,6 +5,8 @@ kernel side never loading the relay."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -56,10 +58,12 @@ def test_health_needs_no_token_and_shows_no_secret(relay: RelayProcess) -> None:
     assert CLIENT_SECRET not in reply.text and "tok-alice" not in reply.text
 
 
-def test_sigkill_mid_stream_loses_nothing_and_repeats_no_event_id(relay: RelayProcess, caliper: LoopbackServer) -> None:
-    """Four kernels stream windows; the relay is killed and restarted while they do. Each
-    kernel does what its outbox does: resend until 204/200, and once more a window whose reply
-    it never saw. Every window reaches Caliper, each under one event id."""
+@pytest.mark.parametrize("victim", ["relay", "writer"])
+def test_sigkill_mid_stream_loses_nothing_and_repeats_no_event_id(relay: RelayProcess, caliper: LoopbackServer, victim: str) -> None:
+    """Four kernels stream windows; the relay (restarted by hand) or its writer process
+    (started again by the relay) is killed with SIGKILL while they do. Each kernel does what
+    its outbox does: resend until 204/200, and once more a window whose reply it never saw.
+    Every window reaches Caliper, each under one event id; a killed relay's writer stops."""
     per_kernel = 40
     t0 = _past(per_kernel)
     kernels = [(token, new_run()) for token in ("tok-alice", "tok-alice", "tok-bob", "tok-bob")]
@@ -90,9 +94,16 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_no_event_id(relay: RelayPr
         thread.start()
     for _ in range(50):
         accepted.acquire(timeout=30)
-    relay.kill()
-    time.sleep(0.3)
-    relay.start()
+    writer = relay.writer_pid()
+    assert writer is not None
+    if victim == "relay":
+        relay.kill()
+        _wait(lambda: not Path(f"/proc/{writer}").exists() or "Z" in Path(f"/proc/{writer}/stat").read_text().split()[2],
+              10, "the killed relay's writer to stop")
+        relay.start()
+    else:
+        os.kill(writer, signal.SIGKILL)
+        _wait(lambda: relay.writer_pid() not in (None, writer), 30, "the relay to start another writer")
     for thread in threads:
         thread.join(60)
     # A kernel killed between the relay's 204 and its own commit sends the window again.

@@ -57,8 +57,8 @@ class SubmitHandler(_RelayHandler):
 
 
 class HealthHandler(_RelayHandler):
-    def get(self) -> None:
-        self._send((200, self.relay.health()))
+    async def get(self) -> None:
+        self._send(await self.relay.health())
 
 
 def make_app(relay: Relay) -> Application:
@@ -96,8 +96,7 @@ async def _serve(relay: Relay) -> None:
 
 
 def serve(relay: Relay) -> None:
-    """Run the relay until SIGTERM or SIGINT."""
-    relay.start()
+    """Run a started relay until SIGTERM or SIGINT, then stop it."""
     try:
         asyncio.run(_serve(relay))
     finally:

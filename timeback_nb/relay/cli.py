@@ -83,5 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimebackError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+    try:
+        relay.start()  # the writer process opens the store: its errors are the user's too
+    except TimebackError as exc:
+        relay.stop()
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
     serve(relay)
     return 0

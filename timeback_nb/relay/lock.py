@@ -4,14 +4,17 @@ The relay's sender leases rows under a fixed owner name (so a restarted relay re
 previous life held at once), and its journal caches run owners as the store's only writer: a
 second relay on the same file would take the first one's leases as its own and judge runs
 against a stale cache. So the relay holds an exclusive `flock` on `<store>.lock` for its whole
-life, taken without waiting: a second relay is refused at start. The OS drops the lock when
-the process ends, however it ends (SIGKILL too), so a restart never finds a stale one.
+life, and shares it with its writer process (the same open file, passed to the child): the
+lock lasts while either runs. A second relay is refused at start, after waiting a few seconds
+in case the holder is a killed relay's writer on its way out. The OS drops the lock when the
+processes end, however they end (SIGKILL too), so a restart never finds a stale one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import IO
 
@@ -35,11 +38,30 @@ class StoreLock:
         store = Path(store_path).expanduser().resolve()  # one lock file however the path is spelled
         self.path = store.with_name(store.name + ".lock")
         self._file: IO[str] | None = None
+        self._busy = False  # the last attempt found another process holding it
 
     def __repr__(self) -> str:
         return f"StoreLock({str(self.path)!r}, held={self._file is not None})"
 
-    def acquire(self) -> StoreLock:
+    def fds(self) -> tuple[int, ...]:
+        """The held lock's descriptor, for a child process to share (the lock lasts while
+        either has it open); none when not held."""
+        return () if self._file is None else (self._file.fileno(),)
+
+    def acquire(self, *, wait: float = 0.0) -> StoreLock:
+        """Take the lock; if another process holds it, try again for up to `wait` s (a killed
+        relay's writer process lets go a moment after its parent died)."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._acquire()
+            except ConfigError:
+                if time.monotonic() >= deadline or self._busy is False:
+                    raise
+            time.sleep(0.05)
+
+    def _acquire(self) -> StoreLock:
+        self._busy = False
         if self._file is not None:
             return self
         if fcntl is None:
@@ -53,6 +75,7 @@ class StoreLock:
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
+            self._busy = True
             file.seek(0)
             holder = file.read().strip() or "unknown"
             file.close()

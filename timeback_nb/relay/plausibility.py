@@ -19,7 +19,6 @@ __all__ = [
     "check_not_future",
     "check_parallel",
     "check_window",
-    "overlapping",
 ]
 
 MAX_WINDOW_MS = 10 * 60 * 1000  # the kernel closes a window every 15 s and abandons at 10 min
@@ -60,14 +59,6 @@ def check_age(field: str, ms: int, now_ms: int, max_age_ms: int) -> None:
             field, f"{field} is more than {max_age_ms / 86_400_000:g} days ago, beyond the relay's retention: "
             "it may have been counted already and can no longer be told from a duplicate",
         )
-
-
-def overlapping(beat: Heartbeat, accepted: Iterable[tuple[int, int]]) -> tuple[int, int] | None:
-    """The first accepted window `(start_ms, end_ms)` of the same run this one overlaps."""
-    for start, end in accepted:
-        if start < beat.ended_ms and end > beat.started_ms:
-            return start, end
-    return None
 
 
 def check_parallel(beat: Heartbeat, others: Iterable[tuple[int, int, int]], max_parallel: int) -> None:

@@ -4,29 +4,31 @@ in, one reply (status, JSON or nothing) out.
 Order per request, as the SDK's adapter (protocol reference §5.5, §5.6): identity from the
 token, parse, validate, resolve the course; then the relay's own checks (plausibility,
 run ownership, duplicates) and the durable commit; 204 only once the event is in the outbox.
+The commit, delivery and pruning happen in the writer process (`writer.py`), or with
+`in_process=True` on threads of this one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..clock import iso_utc_ms
 from ..config import Settings, find_config, load_config, no_config_error
 from ..errors import ConfigError
 from ..events import Target
-from ..outbox import Sender, make_transport
 from ..store import Store
 from .adapter import AdapterError, CourseResolver, parse_body, validate_heartbeat, validate_submit
 from .identity import Directory, FileTokens, HubTokens, TokenResolver, bearer_token
-from .journal import ACCEPTED, CompletionItem, Journal, TimeItem
+from .journal import ACCEPTED, CompletionItem, GroupThread, Item, Result, TimeItem, prepare
 from .lock import StoreLock
 from .plausibility import check_age, check_not_future, check_window
-from .retention import DEFAULT_RETENTION_DAYS, Pruner, validate_retention_days
+from .retention import DAY_MS, DEFAULT_RETENTION_DAYS, validate_retention_days
+from .writer import StoreSide, WriterProcess, wire_item
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ DEFAULT_BASE_PATH = "/api/timeback"
 RELAY_TRANSPORTS = ("caliper", "local")
 
 Reply = tuple[int, "dict[str, Any] | None"]
+LOCK_WAIT_S = 10.0  # a killed relay's writer may take a moment to notice and let go of the store
 _UNAUTHORIZED = AdapterError(401, "UNAUTHORIZED", "Unauthorized")
 
 
@@ -69,9 +72,13 @@ def hub_environment(environ: dict[str, str]) -> dict[str, str] | None:
 
 
 class Relay:
-    """Everything the routes need; `start()` starts the writer and the sender, `stop()` both."""
+    """Everything the routes need; `start()` starts the writer (a process, or with `in_process`
+    the journal, sender and pruner on threads here), `stop()` stops it."""
 
-    def __init__(self, options: RelayOptions, *, wall_ms: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self, options: RelayOptions, *, wall_ms: Callable[[], int] | None = None, in_process: bool = False,
+        lock_wait: float = LOCK_WAIT_S,
+    ) -> None:
         environ = options.environ
         self.options = options
         self.settings = Settings.from_env(environ)
@@ -101,16 +108,30 @@ class Relay:
                 field="--tokens",
             )
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        self.retention_days = retention_days
+        self.max_age_ms = round(retention_days * DAY_MS)
         store_path = options.store or self.settings.store_path
         # Before the store is touched: a second relay on this file stops here (see .lock).
-        self.lock = StoreLock(store_path).acquire()
+        self.lock = StoreLock(store_path).acquire(wait=lock_wait)
+        self.side: StoreSide | None = None
+        self.writer: WriterProcess | None = None
         try:
-            self.store = Store(store_path, synchronous="FULL")
+            self.store = Store(store_path)  # here: the directory's cache of looked-up students
             self.directory = Directory.from_file(self.settings, self.store, options.users, options.email_template)
-            self.sender = _make_sender(self.store, make_transport(self.settings, self.store), options.batch)
-            self.nudge = _Nudge(self.sender.wake)
-            self.journal = Journal(self.store, max_parallel=options.max_parallel, on_commit=lambda n: self.nudge.poke())
-            self.pruner = Pruner(self.store, retention_days, wall_ms=self._wall_ms)
+            if in_process:
+                self.side = StoreSide(
+                    self.store, self.settings, batch=options.batch, max_parallel=options.max_parallel,
+                    retention_days=retention_days, wall_ms=self._wall_ms,
+                )
+                self.journal = GroupThread(self.side.journal.commit_group)
+            else:
+                config = {
+                    "environ": environ, "store": str(store_path), "batch": options.batch,
+                    "max_parallel": options.max_parallel, "retention_days": retention_days,
+                    "log_level": logging.getLogger().getEffectiveLevel(),
+                }
+                self.writer = WriterProcess(config, pass_fds=self.lock.fds())  # it holds the lock too
+                self.journal = GroupThread(self.writer.commit_group)
         except BaseException:
             if hasattr(self, "store"):
                 self.store.close()
@@ -139,19 +160,21 @@ class Relay:
         return self.options.host, self.options.port
 
     def start(self) -> Relay:
+        if self.writer is not None:
+            self.writer.start()
+        else:
+            assert self.side is not None
+            self.side.start()
         self.journal.start()
-        self.sender.start()
-        self.nudge.start()
-        self.pruner.start()
         return self
 
     def stop(self) -> None:
-        self.pruner.stop()
         self.journal.stop()
-        self.nudge.stop()
-        self.sender.stop(5.0)
-        if self.sender.transport is not None:
-            self.sender.transport.close()
+        if self.writer is not None:
+            self.writer.stop()
+        else:
+            assert self.side is not None
+            self.side.stop()
         self.store.close()
         self.lock.release()
 
@@ -164,9 +187,9 @@ class Relay:
             resolved = self.courses.resolve(beat.window.activity.course)
             now_ms = self._wall_ms()
             check_window(beat, now_ms)
-            check_age("startedAt", beat.started_ms, now_ms, self.pruner.max_age_ms)
+            check_age("startedAt", beat.started_ms, now_ms, self.max_age_ms)
             target = await self._target(name, resolved)
-            result = await self.journal.commit(TimeItem(name, beat, target))
+            result = await self._commit(TimeItem(name, beat, target), raw)
         except AdapterError as exc:
             return exc.status, exc.body()
         return _reply(result)
@@ -178,26 +201,35 @@ class Relay:
             resolved = self.courses.resolve(submit.completion.activity.course)
             now_ms = self._wall_ms()
             check_not_future("endedAt", submit.ended_ms, now_ms)
-            check_age("endedAt", submit.ended_ms, now_ms, self.pruner.max_age_ms)
+            check_age("endedAt", submit.ended_ms, now_ms, self.max_age_ms)
             target = await self._target(name, resolved)
-            result = await self.journal.commit(CompletionItem(name, submit, target))
+            result = await self._commit(CompletionItem(name, submit, target), raw)
         except AdapterError as exc:
             return exc.status, exc.body()
         return _reply(result)
 
-    def health(self) -> dict[str, Any]:
-        """No token needed, so nothing secret: modes and counts, each cheap to read however
-        large the store grows (queued rows come from an index; the rest since this start)."""
-        return {
-            "status": "ok",
+    async def health(self) -> Reply:
+        """No token needed, so nothing secret: modes and the writer's counts (see
+        `StoreSide.status`); 503 when the writer process is not running."""
+        if self.writer is not None:
+            status = await asyncio.get_running_loop().run_in_executor(None, self.writer.status)
+        else:
+            assert self.side is not None
+            status = self.side.status()
+        failed = "error" in status
+        return (503 if failed else 200), {
+            "status": "error" if failed else "ok",
             "mode": self.tokens.mode,
             "transport": self.settings.transport,
-            "queued": self.store.queued_count(max_seq=self.store.last_seq()),
-            "accepted": self.journal.accepted,
-            "lastError": self.sender.last_error,
-            "retentionDays": self.pruner.retention_days,
-            "pruned": None if self.pruner.last is None else self.pruner.last.as_json(),
+            **status,
+            "retentionDays": self.retention_days,
         }
+
+    async def _commit(self, item: Item, raw: bytes) -> Result:
+        send_time = iso_utc_ms(self._wall_ms())
+        if self.writer is not None:
+            return await self.journal.commit(wire_item(item, raw, send_time))
+        return await self.journal.commit(prepare(item, send_time))  # the event is built here
 
     async def _identify(self, authorization: str | None) -> str:
         token = bearer_token(authorization)
@@ -224,46 +256,3 @@ def _reply(result: Any) -> Reply:
     if result == ACCEPTED:
         return 204, None
     return 200, {"duplicate": True}
-
-
-class _Nudge:
-    """Wakes the sender `delay` s after the first commit that needs it, not after every commit:
-    under load it then finds a full envelope's worth of events queued, instead of sending each
-    commit group on its own (one POST, one lease and one mark per group)."""
-
-    def __init__(self, wake: Callable[[], None], delay: float = 0.05) -> None:
-        self._wake = wake
-        self._delay = delay
-        self._poked = threading.Event()
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="timeback-relay-nudge", daemon=True)
-            self._thread.start()
-
-    def poke(self) -> None:
-        self._poked.set()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._poked.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stopped.is_set():
-            self._poked.wait()
-            if self._stopped.wait(self._delay):
-                break
-            self._poked.clear()
-            self._wake()
-
-
-def _make_sender(store: Store, transport: Any, batch: int) -> Sender:
-    # One relay per store (its StoreLock sees to it): a fixed lease owner lets a restarted relay (after a crash) send the
-    # rows its previous life had leased at once, instead of after the lease runs out.
-    # Up to `batch` events per envelope (a rejected batch is split to isolate the bad event).
-    return Sender(store, transport, owner=f"timeback-relay:{socket.gethostname()}:{store.path}", batch_size=batch)
