@@ -216,3 +216,10 @@ def delivered_events(caliper: LoopbackServer) -> list[dict[str, Any]]:
 
 def new_run() -> str:
     return str(uuid.uuid4())
+
+
+def refused(reply: Any, field: str) -> str:
+    """The message of a 400 INVALID_PAYLOAD naming `field`."""
+    assert reply["error"]["code"] == "INVALID_PAYLOAD", reply
+    assert reply["error"]["details"]["field"] == field, reply
+    return str(reply["error"]["details"]["message"])

@@ -18,7 +18,8 @@ from timeback_nb.store import Store
 from ..loopback import LoopbackServer
 from ..test_delivery_integration import REF, target
 from .harness import RelayProcess, delivered_events, new_run
-from .test_service import _wait, caliper, relay  # noqa: F401 (fixtures: the Caliper stand-in, a relay process)
+from ..browser.harness import wait_until
+from .test_service import caliper, relay  # noqa: F401 (fixtures: the Caliper stand-in, a relay process)
 
 METRICS = {"xpEarned": 12, "totalQuestions": 10, "correctQuestions": 8, "pctComplete": 40}
 
@@ -64,7 +65,7 @@ def test_a_kernels_windows_and_completion_reach_caliper_through_the_relay_as_its
         kernel.close()
         twin.close()
 
-    _wait(lambda: (found := [e for e in delivered_events(caliper) if e["session"] == f"urn:uuid:{run}"])
+    wait_until(lambda: (found := [e for e in delivered_events(caliper) if e["session"] == f"urn:uuid:{run}"])
                    and len(found) >= 5 and found, 30, "the run's five events at the Caliper stand-in")
     time.sleep(0.3)  # a second copy of the replayed window would have arrived by now
     events = [e for e in delivered_events(caliper) if e["session"] == f"urn:uuid:{run}"]

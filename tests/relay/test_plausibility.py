@@ -8,23 +8,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from .harness import NOW, InProcessRelay, heartbeat_body, new_run, submit_body
+from .harness import refused, NOW, InProcessRelay, heartbeat_body, new_run, submit_body
 
 pytestmark = pytest.mark.bad_input
 T = NOW - 3_600_000  # an hour ago: well in the past
-
-
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[InProcessRelay]:
-    relay = InProcessRelay(tmp_path)
-    yield relay
-    relay.close()
-
-
-def _refused(reply: Any, field: str) -> str:
-    assert reply["error"]["code"] == "INVALID_PAYLOAD", reply
-    assert reply["error"]["details"]["field"] == field, reply
-    return str(reply["error"]["details"]["message"])
 
 
 @pytest.mark.parametrize(
@@ -40,7 +27,7 @@ def _refused(reply: Any, field: str) -> str:
 def test_a_window_judged_alone(relay: InProcessRelay, case: str, changes: dict[str, Any], field: str, says: str) -> None:
     status, reply = relay.post("heartbeat", heartbeat_body(new_run(), T, **changes))
     assert status == 400
-    assert says in _refused(reply, field)
+    assert says in refused(reply, field)
     assert relay.outbox() == []
 
 
@@ -53,10 +40,10 @@ def test_exactly_ten_minutes_and_one_second_of_rounding_pass(relay: InProcessRel
 def test_not_in_the_future_beyond_a_minute_of_skew(relay: InProcessRelay) -> None:
     assert relay.post("heartbeat", heartbeat_body(new_run(), NOW + 60_000 - 15_000))[0] == 204  # ends at now + 60 s
     status, reply = relay.post("heartbeat", heartbeat_body(new_run(), NOW + 60_001 - 15_000, paused_ms=15_000))
-    assert status == 400 and "future" in _refused(reply, "endedAt")
+    assert status == 400 and "future" in refused(reply, "endedAt")
 
 
-def test_the_same_window_again_is_a_duplicate_and_an_overlap_is_refused(relay: InProcessRelay) -> None:
+def test_the_same_window_again_is_a_duplicate_and_an_overlap_isrefused(relay: InProcessRelay) -> None:
     run = new_run()
     assert relay.post("heartbeat", heartbeat_body(run, T)) == (204, None)
     assert relay.post("heartbeat", heartbeat_body(run, T)) == (200, {"duplicate": True})
@@ -64,9 +51,9 @@ def test_the_same_window_again_is_a_duplicate_and_an_overlap_is_refused(relay: I
     same = heartbeat_body(run.upper(), T, startedAt="2025-01-15T10:00:00.000+01:00")
     assert relay.post("heartbeat", same) == (200, {"duplicate": True})
     status, reply = relay.post("heartbeat", heartbeat_body(run, T + 5_000))
-    assert status == 400 and "overlaps" in _refused(reply, "startedAt")
+    assert status == 400 and "overlaps" in refused(reply, "startedAt")
     status, reply = relay.post("heartbeat", heartbeat_body(run, T - 10_000))
-    assert status == 400 and "overlaps" in _refused(reply, "startedAt")
+    assert status == 400 and "overlaps" in refused(reply, "startedAt")
     assert relay.post("heartbeat", heartbeat_body(run, T + 15_000)) == (204, None)  # the next window
     assert len(relay.outbox()) == 2
 
@@ -90,8 +77,8 @@ def test_the_rules_hold_between_requests_committed_together(relay: InProcessRela
     ])
     assert [status for status, _ in replies] == [204, 200, 400, 204, 400, 204, 403, 204, 204, 200]
     assert replies[1][1] == replies[9][1] == {"duplicate": True}
-    assert "overlaps" in _refused(replies[2][1], "startedAt")
-    assert "2 activities at once" in _refused(replies[4][1], "elapsedMs")
+    assert "overlaps" in refused(replies[2][1], "startedAt")
+    assert "2 activities at once" in refused(replies[4][1], "elapsedMs")
     assert replies[6][1]["error"]["code"] == "FORBIDDEN"
     events = [envelope["data"][0] for envelope in relay.outbox()]
     assert [(e["action"], e["session"].removeprefix("urn:uuid:")) for e in events] == [
@@ -123,7 +110,7 @@ def test_active_time_is_capped_at_max_parallel_times_wall_time(relay: InProcessR
     for run in runs[:2]:
         assert relay.post("heartbeat", heartbeat_body(run, T, paused_ms=0))[0] == 204
     status, reply = relay.post("heartbeat", heartbeat_body(runs[2], T + 5_000, paused_ms=0))
-    assert status == 400 and "2 activities at once" in _refused(reply, "elapsedMs")
+    assert status == 400 and "2 activities at once" in refused(reply, "elapsedMs")
     assert relay.post("heartbeat", heartbeat_body(runs[2], T + 5_000, paused_ms=15_000))[0] == 204
     assert relay.post("heartbeat", heartbeat_body(new_run(), T, paused_ms=0), token="tok-bob")[0] == 204
     # Partly active in a window that half overlaps: 15 + 15 × (10/15) × 2 = 35 s > 30 s.

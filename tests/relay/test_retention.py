@@ -17,32 +17,11 @@ from timeback_nb.relay import Relay, RelayOptions
 from timeback_nb.relay.retention import DAY_MS, MARGIN_MS, Pruner, validate_retention_days
 from timeback_nb.store import Store
 
+from ..browser.harness import wait_until
 from ..loopback import LoopbackServer
-from .harness import NOW, ROOT, InProcessRelay, RelayProcess, heartbeat_body, new_run, relay_files, submit_body
+from .harness import refused, NOW, ROOT, InProcessRelay, RelayProcess, heartbeat_body, new_run, relay_files, submit_body
 
 WEEK_MS = 7 * DAY_MS
-
-
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[InProcessRelay]:
-    relay = InProcessRelay(tmp_path)
-    yield relay
-    relay.close()
-
-
-def _refused(reply: Any, field: str) -> str:
-    assert reply["error"]["code"] == "INVALID_PAYLOAD", reply
-    assert reply["error"]["details"]["field"] == field, reply
-    return str(reply["error"]["details"]["message"])
-
-
-def _until(check: Any, what: str, timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-    return value
 
 
 def _relay_tables(store: Store) -> tuple[set[str], set[tuple[str, int]]]:
@@ -109,7 +88,7 @@ def test_a_pass_removes_old_delivered_events_windows_and_runs_and_keeps_queued_a
     assert relay.post("heartbeat", heartbeat_body(current, t0 + 44_000))[0] == 204  # ends 59 s ahead: allowed skew
     assert relay.post("submit", submit_body(completed, t0 - 3_600_000))[0] == 204
     store = relay.relay.store
-    _until(lambda: store.counts()["delivered"] == 6, "the local transport's deliveries")
+    wait_until(lambda: store.counts()["delivered"] == 6, 10, "the local transport's deliveries")
     relay.relay.side.sender.stop()
     store.enqueue("queued-long-ago", "time", old, "{}")
     store.park("rejected-long-ago", "time", old, "{}", "[400] shown to operators")
@@ -132,9 +111,9 @@ def test_a_pass_removes_old_delivered_events_windows_and_runs_and_keeps_queued_a
 
     # What was pruned, resent by a kernel that never saw the reply, is refused, not counted again.
     status, reply = relay.post("heartbeat", heartbeat_body(old, t0 - 3 * 3_600_000))
-    assert status == 400 and "retention" in _refused(reply, "startedAt")
+    assert status == 400 and "retention" in refused(reply, "startedAt")
     status, reply = relay.post("submit", submit_body(completed, t0 - 3_600_000))
-    assert status == 400 and "retention" in _refused(reply, "endedAt")
+    assert status == 400 and "retention" in refused(reply, "endedAt")
     assert set(_states(store)) == {"queued-long-ago", "rejected-long-ago"}
 
 
@@ -142,7 +121,7 @@ def test_before_the_horizon_nothing_is_removed(relay: InProcessRelay) -> None:
     t0 = relay.now = time.time_ns() // 1_000_000
     run = new_run()
     assert relay.post("heartbeat", heartbeat_body(run, t0 - 60_000))[0] == 204
-    _until(lambda: relay.relay.store.counts()["delivered"] == 1, "the delivery")
+    wait_until(lambda: relay.relay.store.counts()["delivered"] == 1, 10, "the delivery")
     relay.now = t0 + WEEK_MS + MARGIN_MS - 60_000  # everything is just inside the retention + margin
     pruned = relay.relay.side.pruner.prune()
     assert (pruned.outbox, pruned.windows, pruned.runs) == (0, 0, 0)
@@ -157,7 +136,7 @@ def test_a_completion_stamped_ahead_of_the_relay_is_still_a_duplicate_a_retentio
     run = new_run()
     ahead = t0 + 59_000
     assert relay.post("submit", submit_body(run, ahead)) == (204, None)
-    _until(lambda: relay.relay.store.counts()["delivered"] == 1, "the delivery")
+    wait_until(lambda: relay.relay.store.counts()["delivered"] == 1, 10, "the delivery")
     relay.now = ahead + WEEK_MS  # the last moment the age check lets it through
     relay.relay.side.pruner.prune()
     assert relay.post("submit", submit_body(run, ahead)) == (200, {"duplicate": True})
@@ -174,10 +153,11 @@ def test_the_pruner_thread_prunes_on_its_interval_and_stops(tmp_path: Path) -> N
         later = time.time_ns() // 1_000_000 + 8 * DAY_MS
         pruner = Pruner(store, 7, wall_ms=lambda: later, interval=0.02).start()
         pruner.start()  # a no-op when running
-        last = _until(lambda: pruner.last, "a pass")
+        # Passes come every 20 ms: the one that pruned the row may not be the last by now.
+        last = wait_until(lambda: not store.events() and pruner.last, 10, "a pass that prunes the delivered row")
         pruner.stop()
         pruner.stop()
-        assert last.outbox == 1 and store.events() == []
+        assert last.at_ms == later and store.events() == []
 
 
 # -- resent and late events: refused with the field's name -----------------------------------------
@@ -187,14 +167,14 @@ def test_the_pruner_thread_prunes_on_its_interval_and_stops(tmp_path: Path) -> N
 def test_windows_and_completions_older_than_the_retention_are_refused_naming_the_field(relay: InProcessRelay) -> None:
     assert relay.post("heartbeat", heartbeat_body(new_run(), NOW - WEEK_MS))[0] == 204  # exactly the retention
     status, reply = relay.post("heartbeat", heartbeat_body(new_run(), NOW - WEEK_MS - 1))
-    assert status == 400 and "more than 7 days ago" in _refused(reply, "startedAt")
+    assert status == 400 and "more than 7 days ago" in refused(reply, "startedAt")
     assert relay.post("submit", submit_body(new_run(), NOW - WEEK_MS))[0] == 204
     status, reply = relay.post("submit", submit_body(new_run(), NOW - WEEK_MS - 1))
-    assert status == 400 and "more than 7 days ago" in _refused(reply, "endedAt")
+    assert status == 400 and "more than 7 days ago" in refused(reply, "endedAt")
     # A completion from the future would outlive its own outbox row: refused as a window's end is.
     assert relay.post("submit", submit_body(new_run(), NOW + 60_000))[0] == 204
     status, reply = relay.post("submit", submit_body(new_run(), NOW + 60_001))
-    assert status == 400 and "future" in _refused(reply, "endedAt")
+    assert status == 400 and "future" in refused(reply, "endedAt")
     assert len(relay.outbox()) == 3  # one window, two completions
 
 
@@ -203,7 +183,7 @@ def test_a_shorter_retention_refuses_sooner(tmp_path: Path) -> None:
     relay = InProcessRelay(tmp_path, retention_days="1.5")
     try:
         status, reply = relay.post("heartbeat", heartbeat_body(new_run(), NOW - 2 * DAY_MS))
-        assert status == 400 and "more than 1.5 days ago" in _refused(reply, "startedAt")
+        assert status == 400 and "more than 1.5 days ago" in refused(reply, "startedAt")
         assert relay.post("heartbeat", heartbeat_body(new_run(), NOW - DAY_MS))[0] == 204
     finally:
         relay.close()

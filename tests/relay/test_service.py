@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from ..loopback import CLIENT_SECRET, LoopbackServer
+from ..browser.harness import wait_until
 from .harness import ROOT, RelayProcess, heartbeat_body, new_run
 
 
@@ -34,15 +35,6 @@ def relay(tmp_path: Path, caliper: LoopbackServer) -> Iterator[RelayProcess]:
     process.start()
     yield process
     process.stop()
-
-
-def _wait(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def _past(windows_back: int) -> int:
@@ -98,12 +90,11 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_no_event_id(relay: RelayPr
     assert writer is not None
     if victim == "relay":
         relay.kill()
-        _wait(lambda: not Path(f"/proc/{writer}").exists() or "Z" in Path(f"/proc/{writer}/stat").read_text().split()[2],
-              10, "the killed relay's writer to stop")
+        wait_until(lambda: not Path(f"/proc/{writer}").exists() or "Z" in Path(f"/proc/{writer}/stat").read_text().split()[2], 10, "the killed relay's writer to stop")
         relay.start()
     else:
         os.kill(writer, signal.SIGKILL)
-        _wait(lambda: relay.writer_pid() not in (None, writer), 30, "the relay to start another writer")
+        wait_until(lambda: relay.writer_pid() not in (None, writer), 30, "the relay to start another writer")
     for thread in threads:
         thread.join(60)
     # A kernel killed between the relay's 204 and its own commit sends the window again.
@@ -111,7 +102,7 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_no_event_id(relay: RelayPr
         assert relay.post("heartbeat", heartbeat_body(run, t0), token=token).json() == {"duplicate": True}
 
     total = per_kernel * len(kernels)
-    _wait(lambda: len(caliper.stored_ids) >= total, 30, "every window at the Caliper stand-in")
+    wait_until(lambda: len(caliper.stored_ids) >= total, 30, "every window at the Caliper stand-in")
     ids_per_window: dict[tuple[str, str], set[str]] = defaultdict(set)
     with caliper.lock:
         bodies = [r.body for r in caliper.received]
@@ -130,11 +121,11 @@ def test_caliper_down_kernels_still_get_204_and_events_arrive_later(relay: Relay
     run, t0 = new_run(), _past(5)
     for i in range(5):
         assert relay.post("heartbeat", heartbeat_body(run, t0 + i * 15_000)).status_code == 204
-    health = _wait(lambda: (h := relay.client.get(relay.url + "/health").json())["lastError"] and h, 20, "a failed delivery")
+    health = wait_until(lambda: (h := relay.client.get(relay.url + "/health").json())["lastError"] and h, 20, "a failed delivery")
     assert health["queued"] == 5 and "503" in health["lastError"]
     assert caliper.stored_ids == []
     caliper.outage(0)
-    _wait(lambda: len(caliper.stored_ids) == 5, 40, "the queued events after the outage")
+    wait_until(lambda: len(caliper.stored_ids) == 5, 40, "the queued events after the outage")
     health = relay.client.get(relay.url + "/health").json()
     assert (health["queued"], health["accepted"], health["lastError"]) == (0, 5, None)
     # The relay batches by default: what queued up went out in one envelope.
