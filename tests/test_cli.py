@@ -96,7 +96,7 @@ def _fill(store: Store) -> list[str]:
     for body in bodies:
         kind = "completion" if '"Completed"' in body else "time"
         assert store.enqueue(event_id(json.loads(body)), kind, RUN, body)
-    first, second, _ = (r["seq"] for r in store.events())
+    first, second, _ = (r["event_id"] for r in store.events())
     store.mark_delivered(first)
     store.mark_rejected(second, "422 Unprocessable Entity: actor.email: not a known student")
     store.remember_run("student@example.edu", "intro", "CS-101", "11111111-2222-4333-8444-555555555555",

@@ -106,12 +106,12 @@ def test_a_hold_is_not_cut_short_by_expedite_but_a_backoff_delay_is(tmp_path: Pa
     with Store(tmp_path / "tb.sqlite3") as store:
         fill(store, 2, run=None)
         held, backed_off = store.lease("A", 100.0, 15, 2)
-        store.mark_retry(held.seq, "[429] slow down", 130.0, owner="A", hold=True)
-        store.mark_retry(backed_off.seq, "[503] down", 130.0, owner="A")
+        store.mark_retry(held.event_id, "[429] slow down", 130.0, owner="A", hold=True)
+        store.mark_retry(backed_off.event_id, "[503] down", 130.0, owner="A")
         assert store.expedite(101.0) == 2
         [taken] = store.lease("B", 101.0, 15, 10)
         assert taken.event_id == "e1" and store.next_due(101.0) == 116.0
-        store.mark_delivered(taken.seq)
+        store.mark_delivered(taken.event_id)
         assert store.next_due(101.0) == 130.0 and store.lease("C", 129.9, 15, 10) == []
         assert [r.event_id for r in store.lease("C", 130.0, 15, 10)] == ["e0"]
 
@@ -215,7 +215,7 @@ def test_leases_and_holds_of_an_earlier_boot_are_freed(tmp_path: Path, monkeypat
     with Store(path) as store:
         fill(store, 2, run=None)
         first, second = store.lease("before-reboot", 10_000.0, 15, 2)
-        store.mark_retry(first.seq, "[429] slow down", 10_000.0 + HOUR, owner="before-reboot", hold=True)
+        store.mark_retry(first.event_id, "[429] slow down", 10_000.0 + HOUR, owner="before-reboot", hold=True)
     with Store(path) as store:  # the same boot: everything stays held
         assert store.lease("after", 50.0, 15, 10) == []
     monkeypatch.setattr(store_module, "host_boot_id", lambda: "another-boot")

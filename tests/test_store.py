@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from timeback_nb.errors import ConfigError, StateError, StoreError, ValidationError
+from timeback_nb import store as store_module
 from timeback_nb.store import _LEASE_SQL, SCHEMA_VERSION, Store
 
 from .store_faults import StoreFaults
@@ -211,8 +212,8 @@ def test_an_expired_lease_is_taken_over(store: Store) -> None:
 def test_renew_extends_only_the_owners_leases(store: Store) -> None:
     fill(store, [("e1", "r1"), ("e2", "r2")])
     rows = store.lease("A", 100.0, 15, 10)
-    assert store.renew("A", [r.seq for r in rows], 110.0, 15) == 2
-    assert store.renew("B", [r.seq for r in rows], 110.0, 15) == 0
+    assert store.renew("A", [r.event_id for r in rows], 110.0, 15) == 2
+    assert store.renew("B", [r.event_id for r in rows], 110.0, 15) == 0
     assert store.lease("B", 120.0, 15, 10) == []  # would have expired at 115 without renewal
     assert len(store.lease("B", 125.0, 15, 10)) == 2
 
@@ -220,16 +221,16 @@ def test_renew_extends_only_the_owners_leases(store: Store) -> None:
 def test_release_frees_rows_at_once(store: Store) -> None:
     fill(store, [("e1", "r1")])
     rows = store.lease("A", 100.0, 15, 10)
-    store.release("B", [r.seq for r in rows])  # not B's to release
+    store.release("B", [r.event_id for r in rows])  # not B's to release
     assert store.lease("B", 100.0, 15, 10) == []
-    store.release("A", [r.seq for r in rows])
+    store.release("A", [r.event_id for r in rows])
     assert [r.event_id for r in store.lease("B", 100.0, 15, 10)] == ["e1"]
 
 
 def test_a_row_waiting_for_retry_holds_back_its_run_only(store: Store) -> None:
     fill(store, [("e1", "r1"), ("e2", "r1"), ("e3", "r2")])
     first = store.lease("A", 100.0, 15, 1)[0]
-    store.mark_retry(first.seq, "[503] down", 130.0, owner="A")
+    store.mark_retry(first.event_id, "[503] down", 130.0, owner="A")
     assert [r.event_id for r in store.lease("A", 101.0, 15, 10)] == ["e3"]
     assert [r.event_id for r in store.lease("B", 129.0, 15, 10)] == ["e3"]  # A's lease ran out
     again = store.lease("B", 130.0, 15, 10)
@@ -240,9 +241,9 @@ def test_a_row_waiting_for_retry_holds_back_its_run_only(store: Store) -> None:
 
 def test_mark_retry_does_not_undo_another_owners_takeover(store: Store) -> None:
     fill(store, [("e1", "r1")])
-    seq = store.lease("A", 100.0, 15, 1)[0].seq
-    assert store.lease("B", 200.0, 15, 1)[0].seq == seq  # A's lease ran out; B took over
-    store.mark_retry(seq, "late failure", 300.0, owner="A")
+    event_id = store.lease("A", 100.0, 15, 1)[0].event_id
+    assert store.lease("B", 200.0, 15, 1)[0].event_id == event_id  # A's lease ran out; B took over
+    store.mark_retry(event_id, "late failure", 300.0, owner="A")
     assert store.lease("C", 201.0, 15, 1) == []  # still B's
     assert store.events()[0]["attempts"] == 0
 
@@ -250,9 +251,9 @@ def test_mark_retry_does_not_undo_another_owners_takeover(store: Store) -> None:
 def test_finished_rows_are_never_leased_and_states_are_final(store: Store) -> None:
     fill(store, [("e1", "r1"), ("e2", "r1"), ("e3", "r2")])
     rows = store.lease("A", 100.0, 15, 10)
-    store.mark_delivered(rows[0].seq)
-    store.mark_rejected(rows[1].seq, "[400] bad event")
-    store.mark_retry(rows[0].seq, "too late", 500.0)  # a delivered row stays delivered
+    store.mark_delivered(rows[0].event_id)
+    store.mark_rejected(rows[1].event_id, "[400] bad event")
+    store.mark_retry(rows[0].event_id, "too late", 500.0)  # a delivered row stays delivered
     assert store.counts() == {"queued": 1, "delivered": 1, "rejected": 1}
     assert [r.event_id for r in store.lease("B", 100.0, 15, 10)] == []  # e3 still A's
     assert [r.event_id for r in store.lease("A", 100.0, 15, 10)] == ["e3"]
@@ -263,7 +264,7 @@ def test_finished_rows_are_never_leased_and_states_are_final(store: Store) -> No
 def test_a_rejected_row_does_not_block_the_rest_of_its_run(store: Store) -> None:
     fill(store, [("e1", "r1"), ("e2", "r1")])
     first = store.lease("A", 100.0, 15, 1)[0]
-    store.mark_rejected(first.seq, "[422] invalid")
+    store.mark_rejected(first.event_id, "[422] invalid")
     assert [r.event_id for r in store.lease("B", 100.0, 15, 10)] == ["e2"]
 
 
@@ -276,7 +277,7 @@ def test_park_keeps_an_unsendable_record_as_rejected(store: Store) -> None:
 def test_expedite_cuts_retry_delays_but_not_live_leases(store: Store) -> None:
     fill(store, [("e1", "r1"), ("e2", "r2")])
     rows = store.lease("A", 100.0, 15, 10)
-    store.mark_retry(rows[0].seq, "down", 1000.0, owner="A")
+    store.mark_retry(rows[0].event_id, "down", 1000.0, owner="A")
     assert store.next_due(101.0) == 115.0  # e2's lease ends first
     assert store.expedite(101.0) == 1
     assert store.next_due(101.0) == 115.0
@@ -342,7 +343,7 @@ def test_two_connections_leasing_at_once_never_share_a_row(tmp_path: Path) -> No
                 return
             for r in rows:
                 claimed[owner].append(r.seq)
-                s.mark_delivered(r.seq)
+                s.mark_delivered(r.event_id)
 
     run_together([threading.Thread(target=worker, args=(o, s)) for o, s in zip("AB", stores)])
     for s in stores:
@@ -395,6 +396,7 @@ def test_leases_follow_the_rule_keep_rows_exclusive_and_runs_in_order(
         for i, run in enumerate(runs):
             s.enqueue(f"e{i}", "time", run, "{}")
         model = {i + 1: {"run": run, "state": "queued", "owner": None, "until": None} for i, run in enumerate(runs)}
+        eid = {seq: f"e{seq - 1}" for seq in model}.__getitem__  # the model counts rows by seq
         now = 1000.0
         held: dict[str, list[int]] = {"A": [], "B": []}
         since: dict[str, float] = {"A": 0.0, "B": 0.0}
@@ -418,16 +420,16 @@ def test_leases_follow_the_rule_keep_rows_exclusive_and_runs_in_order(
                 if outcome == "ok":
                     assert seq not in delivered
                     delivered.append(seq)
-                    s.mark_delivered(seq)
+                    s.mark_delivered(eid(seq))
                     model[seq].update(state="delivered", owner=None, until=None)
                 elif outcome == "reject":
-                    s.mark_rejected(seq, "no")
+                    s.mark_rejected(eid(seq), "no")
                     model[seq].update(state="rejected", owner=None, until=None)
                 else:
-                    s.mark_retry(seq, "later", now + 30, owner=who)
+                    s.mark_retry(eid(seq), "later", now + 30, owner=who)
                     if model[seq]["owner"] in (None, who):
                         model[seq].update(owner=None, until=now + 30)
-                    s.release(who, held[who])
+                    s.release(who, [eid(seq) for seq in held[who]])
                     for rest in held[who]:
                         if model[rest]["owner"] == who:
                             model[rest].update(owner=None, until=None)
@@ -457,3 +459,88 @@ def test_a_version_1_store_is_migrated_and_its_runs_stay_resumable(tmp_path) -> 
         migrated.remember_run("u", "a", "c", "r-2", "2025-01-15T11:00:00.000Z", stateful=False)
         assert migrated.open_run("u", "a", "c") == "r-1"
         assert [r["run_id"] for r in migrated.runs()] == ["r-2", "r-1"]
+
+
+# -- a store file replaced under a sender ------------------------------------------------------
+
+
+def replace_with_another_processs_file(path: Path) -> None:
+    """What another process does when it finds the file gone: it makes a new one at the path and
+    queues an event of its own there, which takes the lowest row number."""
+    StoreFaults.delete(path)
+    with Store(path) as other:
+        assert other.enqueue("other", "time", "r9", '{"id": "other"}')
+
+
+def outbox_rows(path: Path) -> dict[str, tuple]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT event_id, state, attempts, reason, lease_owner FROM outbox").fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+@pytest.fixture
+def replaced(tmp_path: Path):
+    """A store whose sender "A" leased e1 and e2, after which the file was replaced by another
+    process and this store followed it (a kernel's write): e1..e3 were carried over, under new
+    row numbers."""
+    path = tmp_path / "tb.sqlite3"
+    with Store(path) as s:
+        fill(s, [("e1", "r1"), ("e2", "r2"), ("e3", "r3")])
+        leased = s.lease("A", 100.0, 15, 2)
+        assert [r.event_id for r in leased] == ["e1", "e2"]
+        replace_with_another_processs_file(path)
+        assert s.enqueue("e4", "time", "r4", '{"id": "e4"}')  # follows the file
+        assert s.last_seq() == 5 and set(outbox_rows(path)) == {"other", "e1", "e2", "e3", "e4"}
+        yield s, leased, path
+
+
+def test_marks_after_the_file_was_replaced_land_on_the_leased_events_only(replaced) -> None:
+    store, leased, path = replaced
+    store.mark_delivered_many([r.event_id for r in leased])  # as the Sender does after a 2xx
+    rows = outbox_rows(path)
+    assert rows["other"] == ("queued", 0, None, None), "never sent, so it must not be delivered"
+    assert {e for e, r in rows.items() if r[0] == "delivered"} == {"e1", "e2"}
+
+
+def test_a_rejection_or_retry_after_the_file_was_replaced_lands_on_the_leased_event_only(replaced) -> None:
+    store, (first, second), path = replaced
+    store.mark_rejected(first.event_id, "[422] invalid")
+    store.mark_retry(second.event_id, "[503] down", 130.0, owner="A")
+    rows = outbox_rows(path)
+    assert rows["other"] == ("queued", 0, None, None)
+    assert rows["e1"] == ("rejected", 1, "[422] invalid", None)
+    assert rows["e2"] == ("queued", 1, "[503] down", None)
+    assert rows["e3"][:3] == ("queued", 0, None)
+
+
+def test_renew_and_release_after_the_file_was_replaced_touch_the_leased_events_only(replaced) -> None:
+    store, (first, second), path = replaced
+    assert store.renew("A", [first.event_id, second.event_id], 110.0, 15) == 2
+    store.release("A", [second.event_id])  # e1 is still being sent: it stays A's
+    assert [r.event_id for r in store.lease("B", 120.0, 15, 10)] == ["other", "e2", "e3", "e4"]
+
+
+def test_a_batch_is_marked_delivered_in_one_statement_per_500_events(tmp_path: Path) -> None:
+    updates: list[str] = []
+
+    def connect(path: Path, timeout: float) -> sqlite3.Connection:
+        conn = store_module._connect(path, timeout)
+        conn.set_trace_callback(lambda sql: updates.append(sql) if sql.startswith("UPDATE outbox SET state") else None)
+        return conn
+
+    with Store(tmp_path / "tb.sqlite3", connect=connect) as store:
+        ids = [f"e{i}" for i in range(1001)]
+        assert store.enqueue_rows([(i, "time", None, "{}") for i in ids]) == 1001
+        store.mark_delivered_many(ids)
+        assert store.counts() == {"queued": 0, "delivered": 1001, "rejected": 0}
+    assert len(updates) == 3
+
+
+def test_marks_want_event_ids_not_row_numbers(store: Store) -> None:
+    fill(store, [("e1", "r1")])
+    [row] = store.lease("A", 100.0, 15, 1)
+    for mark in (lambda: store.mark_delivered_many([row.seq]), lambda: store.mark_rejected(row.seq, "no"),
+                 lambda: store.mark_retry(row.seq, "later", 130.0), lambda: store.renew("A", [row.seq], 110.0, 15)):
+        with pytest.raises(ValidationError, match="^event_id: must be the event id as str"):
+            mark()
+    assert store.events()[0]["state"] == "queued" and store.events()[0]["attempts"] == 0

@@ -116,7 +116,9 @@ class Sender:
         self._expedite = False
         self._pause_until = 0.0  # our own backoff after a failure (a flush cuts it short), on _clock
         self._hold_until = 0.0  # the endpoint's Retry-After (honoured even by a flush), on _clock
-        self._held: list[int] = []  # leased seqs not yet finished (renewed by the keeper)
+        # Event ids of leased rows not yet finished (renewed by the keeper); every mark names the
+        # event, not its seq, which changes if the store file is replaced (Store.renew).
+        self._held: list[str] = []
         self._held_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._keeper: threading.Thread | None = None
@@ -236,7 +238,7 @@ class Sender:
         if not rows:
             return False
         with self._held_lock:
-            self._held = [r.seq for r in rows]
+            self._held = [r.event_id for r in rows]
         try:
             rows = self._park_foreign(rows)
             for chunk in self._chunks(rows):
@@ -264,8 +266,8 @@ class Sender:
                     f"{', '.join(kinds)} rows (set TIMEBACK_NB_TRANSPORT back to deliver it)"
                 )
                 with self._held_lock:
-                    self._held.remove(row.seq)
-                self.store.mark_rejected(row.seq, reason)
+                    self._held.remove(row.event_id)
+                self.store.mark_rejected(row.event_id, reason)
                 self._set_error(reason, passes=False)
         return [row for row in rows if row.kind in kinds]
 
@@ -312,19 +314,19 @@ class Sender:
             log.info("timeback: a batch of %d events was rejected (%s); splitting it", len(rows), outcome.reason)
             half = len(rows) // 2
             return self._deliver(rows[:half]) and self._deliver(rows[half:])
-        seqs = [r.seq for r in rows]
+        event_ids = [r.event_id for r in rows]
         with self._held_lock:
-            for seq in seqs:
-                self._held.remove(seq)
+            for event_id in event_ids:
+                self._held.remove(event_id)
         if outcome.status == "delivered":
-            self.store.mark_delivered_many(seqs)
+            self.store.mark_delivered_many(event_ids)
             if self._error_passes:
                 self._set_error(None, passes=False)
             return True
         if outcome.status == "rejected":
             row = rows[0]
             log.warning("timeback event %s rejected: %s", row.event_id, outcome.reason)
-            self.store.mark_rejected(row.seq, outcome.reason or "rejected")
+            self.store.mark_rejected(row.event_id, outcome.reason or "rejected")
             self._set_error(outcome.reason, passes=False)
             return True
         now = self._clock()
@@ -334,7 +336,7 @@ class Sender:
         else:
             self._pause_until = now + delay
         for row in rows:
-            self.store.mark_retry(row.seq, outcome.reason or "retry", now + delay, owner=self.owner, hold=held)
+            self.store.mark_retry(row.event_id, outcome.reason or "retry", now + delay, owner=self.owner, hold=held)
         self._set_error(outcome.reason, passes=True)
         log.info(
             "timeback event %s%s not delivered (%s); next try in %.2f s",

@@ -23,7 +23,8 @@ A store that fails (locked for long, read-only, full, deleted under the kernel) 
 `StoreError` naming the file and the cause, never a raw `sqlite3` error. The kernel's own writes
 run under `patience(seconds)`, so a locked file costs them a bounded wait, not the busy timeout.
 A file deleted while open is noticed before the next write: the store reopens at its path and
-carries over what was not delivered yet, instead of writing into a file nobody can see.
+carries over what was not delivered yet, instead of writing into a file nobody can see. The
+carried rows get new seqs, so leased rows are renewed, released and marked by event id.
 
 *Checkpoints* (one row per run) hold what a kernel would hand on if it died now: the windows it
 holds open and a due completion. A later process adopts the checkpoint of a dead one
@@ -573,34 +574,39 @@ class Store:
             )
         return [Row(r["seq"], r["event_id"], r["kind"], r["run_id"], r["body"], r["attempts"]) for r in rows]
 
-    def renew(self, owner: str, seqs: list[int], now: float, lease_seconds: float) -> int:
-        """Extend `owner`'s leases on `seqs`; returns how many it still held."""
+    # Every call below names leased rows by event id, never by seq: a file replaced under the
+    # store is reopened and its queued rows carried over under new seqs (`_follow_the_file`), so
+    # an old seq may by then be another process's event, which a mark would wrongly finish.
+
+    def renew(self, owner: str, event_ids: list[str], now: float, lease_seconds: float) -> int:
+        """Extend `owner`'s leases on the rows of `event_ids`; returns how many it still held."""
         with self._tx() as conn:
             cur = conn.executemany(
-                "UPDATE outbox SET lease_until = ? WHERE seq = ? AND lease_owner = ? AND state = 'queued'",
-                [(now + lease_seconds, seq, owner) for seq in seqs],
+                "UPDATE outbox SET lease_until = ? WHERE event_id = ? AND lease_owner = ? AND state = 'queued'",
+                [(now + lease_seconds, event_id, owner) for event_id in _event_ids(event_ids)],
             )
         return cur.rowcount
 
-    def release(self, owner: str, seqs: list[int]) -> None:
+    def release(self, owner: str, event_ids: list[str]) -> None:
         """Give back leased rows that were not attempted, so anyone may take them now."""
         with self._tx() as conn:
             conn.executemany(
                 "UPDATE outbox SET lease_owner = NULL, lease_until = NULL"
-                " WHERE seq = ? AND lease_owner = ? AND state = 'queued'",
-                [(seq, owner) for seq in seqs],
+                " WHERE event_id = ? AND lease_owner = ? AND state = 'queued'",
+                [(event_id, owner) for event_id in _event_ids(event_ids)],
             )
 
-    def mark_delivered(self, seq: int) -> None:
-        self._finish(seq, "delivered", None)
+    def mark_delivered(self, event_id: str) -> None:
+        self.mark_delivered_many([event_id])
 
-    def mark_delivered_many(self, seqs: list[int]) -> None:
-        """`mark_delivered` for the rows of one batch, in one statement."""
-        for start in range(0, len(seqs), 500):  # SQLite's host parameters are limited
-            part = seqs[start : start + 500]
+    def mark_delivered_many(self, event_ids: list[str]) -> None:
+        """`mark_delivered` for the rows of one batch: one statement per 500 of them."""
+        event_ids = _event_ids(event_ids)
+        for start in range(0, len(event_ids), 500):  # SQLite's host parameters are limited
+            part = event_ids[start : start + 500]
             self._write(
                 "UPDATE outbox SET state = 'delivered', reason = NULL, attempts = attempts + 1, lease_owner = NULL,"
-                f" lease_until = NULL, updated = ? WHERE seq IN ({','.join('?' * len(part))}) AND state = 'queued'",
+                f" lease_until = NULL, updated = ? WHERE event_id IN ({','.join('?' * len(part))}) AND state = 'queued'",
                 (time.time(), *part),
             )
 
@@ -623,28 +629,27 @@ class Store:
                 (bound, before, limit),
             ).rowcount
 
-    def mark_rejected(self, seq: int, reason: str) -> None:
-        self._finish(seq, "rejected", reason)
-
-    def _finish(self, seq: int, state: str, reason: str | None) -> None:
+    def mark_rejected(self, event_id: str, reason: str) -> None:
+        (event_id,) = _event_ids([event_id])
         self._write(
-            "UPDATE outbox SET state = ?, reason = ?, attempts = attempts + 1, lease_owner = NULL,"
-            " lease_until = NULL, updated = ? WHERE seq = ? AND state = 'queued'",
-            (state, reason, time.time(), seq),
+            "UPDATE outbox SET state = 'rejected', reason = ?, attempts = attempts + 1, lease_owner = NULL,"
+            " lease_until = NULL, updated = ? WHERE event_id = ? AND state = 'queued'",
+            (reason, time.time(), event_id),
         )
 
     def mark_retry(
-        self, seq: int, reason: str, not_before: float, *, owner: str | None = None, hold: bool = False
+        self, event_id: str, reason: str, not_before: float, *, owner: str | None = None, hold: bool = False
     ) -> None:
         """Count a failed attempt; the row is free again (for anyone) from `not_before` on. With
         `hold` (the endpoint asked for the wait), no `expedite` cuts that short.
 
         With `owner`, nothing changes if another sender has taken the row over meanwhile."""
+        (event_id,) = _event_ids([event_id])
         guard = "" if owner is None else " AND (lease_owner IS NULL OR lease_owner = ?)"
         self._write(
             "UPDATE outbox SET attempts = attempts + 1, reason = ?, lease_owner = NULL,"
-            f" lease_until = ?, hold_until = ?, updated = ? WHERE seq = ? AND state = 'queued'{guard}",
-            (reason, not_before, not_before if hold else None, time.time(), seq) + (() if owner is None else (owner,)),
+            f" lease_until = ?, hold_until = ?, updated = ? WHERE event_id = ? AND state = 'queued'{guard}",
+            (reason, not_before, not_before if hold else None, time.time(), event_id) + (() if owner is None else (owner,)),
         )
 
     def expedite(self, now: float) -> int:
@@ -754,6 +759,14 @@ def insert_rows(conn: sqlite3.Connection, rows: list[NewRow]) -> int:
     if plain:
         added += conn.executemany(_INSERT_QUEUED, plain).rowcount
     return added
+
+
+def _event_ids(event_ids: list[str]) -> list[str]:
+    """The ids, checked: a seq (int) passed by mistake would silently match no row."""
+    for event_id in event_ids:
+        if not isinstance(event_id, str):
+            raise invalid("event_id", f"must be the event id as str (not the row's seq), got {event_id!r}")
+    return list(event_ids)
 
 
 def _first_seq_created_at(conn: sqlite3.Connection, when: float) -> int:

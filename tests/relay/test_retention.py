@@ -45,12 +45,11 @@ def test_prune_delivered_removes_exactly_the_rows_delivered_before_the_moment_in
             ids = [f"{prefix}-{i}" for i in range(count)]
             for event_id in ids:
                 store.enqueue(event_id, "time", "run", '{"x": 1}')
-            seqs = [row["seq"] for row in store.events() if row["event_id"] in ids]
             if state == "delivered":
-                store.mark_delivered_many(seqs)
+                store.mark_delivered_many(ids)
             elif state == "rejected":
-                for seq in seqs:
-                    store.mark_rejected(seq, "[400] refused")
+                for event_id in ids:
+                    store.mark_rejected(event_id, "[400] refused")
             return ids
 
         old_delivered = add("old-delivered", 10, "delivered")
@@ -59,7 +58,7 @@ def test_prune_delivered_removes_exactly_the_rows_delivered_before_the_moment_in
         moment = time.time()
         while time.time() <= moment:  # the next timestamps are strictly later
             pass
-        store.mark_delivered(store.events(state="queued")[-1]["seq"])  # `late`, delivered after the moment
+        store.mark_delivered(store.events(state="queued")[-1]["event_id"])  # `late`, delivered after the moment
         new = add("new-delivered", 3, "delivered") + add("new-queued", 1, "queued") + add("new-rejected", 1, "rejected")
 
         assert [store.prune_delivered(moment, 3) for _ in range(5)] == [3, 3, 3, 1, 0]
@@ -146,7 +145,7 @@ def test_a_completion_stamped_ahead_of_the_relay_is_still_a_duplicate_a_retentio
 def test_the_pruner_thread_prunes_on_its_interval_and_stops(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as store:
         store.enqueue("e", "time", None, "{}")
-        store.mark_delivered(store.events()[0]["seq"])
+        store.mark_delivered(store.events()[0]["event_id"])
         with store.transaction() as conn:  # the tables the journal creates
             conn.execute("CREATE TABLE relay_runs (run_id TEXT PRIMARY KEY, user TEXT NOT NULL, created REAL NOT NULL) WITHOUT ROWID")
             conn.execute("CREATE TABLE relay_windows (run_id TEXT, start_ms INTEGER, end_ms INTEGER, user TEXT, active_ms INTEGER, PRIMARY KEY (run_id, start_ms)) WITHOUT ROWID")
