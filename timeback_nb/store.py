@@ -574,9 +574,10 @@ class Store:
             )
         return [Row(r["seq"], r["event_id"], r["kind"], r["run_id"], r["body"], r["attempts"]) for r in rows]
 
-    # Every call below names leased rows by event id, never by seq: a file replaced under the
-    # store is reopened and its queued rows carried over under new seqs (`_follow_the_file`), so
-    # an old seq may by then be another process's event, which a mark would wrongly finish.
+    # renew, release and the marks name leased rows by event id, never by seq: a file replaced
+    # under the store is reopened and its queued rows carried over under new seqs
+    # (`_follow_the_file`), so an old seq may by then be another process's event, which a mark
+    # would wrongly finish.
 
     def renew(self, owner: str, event_ids: list[str], now: float, lease_seconds: float) -> int:
         """Extend `owner`'s leases on the rows of `event_ids`; returns how many it still held."""
@@ -610,25 +611,6 @@ class Store:
                 (time.time(), *part),
             )
 
-    def prune_delivered(self, before: float, limit: int) -> int:
-        """Delete up to `limit` of the oldest rows delivered before `before` (wall-clock
-        seconds), in one short transaction; returns how many. Queued and rejected rows are
-        never deleted. Call again until it returns less than `limit`.
-
-        Rows are numbered as they are created and a row is delivered after it is created, so
-        every candidate lies below the first seq created at or after `before`: found by a
-        binary search over the primary key, it bounds the scan however large the store is (a
-        wall-clock step only moves that bound; the `updated` test decides)."""
-        with self._tx("pruning delivered rows") as conn:
-            bound = _first_seq_created_at(conn, before)
-            # NOT INDEXED: walk the primary key from the oldest row up to `bound`, not the
-            # state index (which would visit every delivered row to find none once pruned).
-            return conn.execute(
-                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox NOT INDEXED WHERE seq < ?"
-                " AND state = 'delivered' AND updated < ? ORDER BY seq LIMIT ?)",
-                (bound, before, limit),
-            ).rowcount
-
     def mark_rejected(self, event_id: str, reason: str) -> None:
         (event_id,) = _event_ids([event_id])
         self._write(
@@ -651,6 +633,25 @@ class Store:
             f" lease_until = ?, hold_until = ?, updated = ? WHERE event_id = ? AND state = 'queued'{guard}",
             (reason, not_before, not_before if hold else None, time.time(), event_id) + (() if owner is None else (owner,)),
         )
+
+    def prune_delivered(self, before: float, limit: int) -> int:
+        """Delete up to `limit` of the oldest rows delivered before `before` (wall-clock
+        seconds), in one short transaction; returns how many. Queued and rejected rows are
+        never deleted. Call again until it returns less than `limit`.
+
+        Rows are numbered as they are created and a row is delivered after it is created, so
+        every candidate lies below the first seq created at or after `before`: found by a
+        binary search over the primary key, it bounds the scan however large the store is (a
+        wall-clock step only moves that bound; the `updated` test decides)."""
+        with self._tx("pruning delivered rows") as conn:
+            bound = _first_seq_created_at(conn, before)
+            # NOT INDEXED: walk the primary key from the oldest row up to `bound`, not the
+            # state index (which would visit every delivered row to find none once pruned).
+            return conn.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox NOT INDEXED WHERE seq < ?"
+                " AND state = 'delivered' AND updated < ? ORDER BY seq LIMIT ?)",
+                (bound, before, limit),
+            ).rowcount
 
     def expedite(self, now: float) -> int:
         """Cut short the retry delays of queued rows nobody holds (for an explicit flush); an

@@ -32,7 +32,7 @@ from .plausibility import MAX_WINDOW_MS, check_parallel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ACCEPTED", "DUPLICATE", "CompletionItem", "GroupThread", "Journal", "TimeItem", "prepare"]
+__all__ = ["ACCEPTED", "DUPLICATE", "CompletionItem", "GroupThread", "Journal", "TimeItem", "not_stored", "prepare"]
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
@@ -87,7 +87,6 @@ class Journal:
         self.max_parallel = max_parallel
         self.on_commit = on_commit
         self._owners: dict[str, str] = {}  # run → user, as committed (this is the store's only writer)
-        self.groups = 0  # commits made
         self.accepted = 0  # events committed since this start (for /health)
         with store.transaction() as conn:
             for statement in _SCHEMA:
@@ -103,13 +102,11 @@ class Journal:
                 judge.write()
         except Exception as exc:
             log.warning("timeback relay: commit failed: %s: %s", type(exc).__name__, exc)
-            failure = AdapterError(503, "INTERNAL_ERROR", f"The relay could not store the event: {type(exc).__name__}")
-            return [failure] * len(group)
+            return [not_stored(type(exc).__name__)] * len(group)
         if len(self._owners) > 200_000:  # a cache, not the record: the store has them all
             self._owners.clear()
         self._owners.update(judge.owners())
         enqueued = sum(result == ACCEPTED for result in results)
-        self.groups += 1
         self.accepted += enqueued
         if enqueued and self.on_commit is not None:
             try:
@@ -117,6 +114,11 @@ class Journal:
             except Exception:  # the group is committed: its answers must still go out
                 log.exception("timeback relay: on_commit failed")
         return results
+
+
+def not_stored(why: str) -> AdapterError:
+    """The answer to a request whose group could not be committed (503: the kernel retries)."""
+    return AdapterError(503, "INTERNAL_ERROR", f"The relay could not store the event: {why}")
 
 
 def prepare(item: Item, send_time: str) -> Prepared:

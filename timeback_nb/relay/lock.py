@@ -38,7 +38,6 @@ class StoreLock:
         store = Path(store_path).expanduser().resolve()  # one lock file however the path is spelled
         self.path = store.with_name(store.name + ".lock")
         self._file: IO[str] | None = None
-        self._busy = False  # the last attempt found another process holding it
 
     def __repr__(self) -> str:
         return f"StoreLock({str(self.path)!r}, held={self._file is not None})"
@@ -55,13 +54,12 @@ class StoreLock:
         while True:
             try:
                 return self._acquire()
-            except ConfigError:
-                if time.monotonic() >= deadline or self._busy is False:
+            except _HeldElsewhere:
+                if time.monotonic() >= deadline:
                     raise
             time.sleep(0.05)
 
     def _acquire(self) -> StoreLock:
-        self._busy = False
         if self._file is not None:
             return self
         if fcntl is None:
@@ -75,11 +73,10 @@ class StoreLock:
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            self._busy = True
             file.seek(0)
             holder = file.read().strip() or "unknown"
             file.close()
-            raise ConfigError(
+            raise _HeldElsewhere(
                 f"--store: another timeback-nb relay (pid {holder}) is running on this store; it holds "
                 f"'{self.path}'. Run one relay process per store file (stop that one, or give this one another --store)",
                 field="--store",
@@ -98,3 +95,7 @@ class StoreLock:
         file, self._file = self._file, None
         if file is not None:
             file.close()  # closing the descriptor drops the flock
+
+
+class _HeldElsewhere(ConfigError):
+    """Another process holds the lock (the one failure worth trying again)."""

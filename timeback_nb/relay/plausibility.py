@@ -12,6 +12,7 @@ from typing import Iterable
 from .adapter import Heartbeat, invalid_payload
 
 __all__ = [
+    "DAY_MS",
     "MAX_WINDOW_MS",
     "SKEW_MS",
     "TOLERANCE_MS",
@@ -21,6 +22,7 @@ __all__ = [
     "check_window",
 ]
 
+DAY_MS = 86_400_000
 MAX_WINDOW_MS = 10 * 60 * 1000  # the kernel closes a window every 15 s and abandons at 10 min
 SKEW_MS = 60 * 1000  # a kernel's clock may run this far ahead of the relay's
 TOLERANCE_MS = 1000  # rounding between a kernel's monotonic and wall clocks
@@ -56,7 +58,7 @@ def check_age(field: str, ms: int, now_ms: int, max_age_ms: int) -> None:
     already counted, so it refuses it rather than count it twice."""
     if ms < now_ms - max_age_ms:
         raise invalid_payload(
-            field, f"{field} is more than {max_age_ms / 86_400_000:g} days ago, beyond the relay's retention: "
+            field, f"{field} is more than {max_age_ms / DAY_MS:g} days ago, beyond the relay's retention: "
             "it may have been counted already and can no longer be told from a duplicate",
         )
 

@@ -30,21 +30,25 @@ from ..clock import iso_utc_ms
 from ..errors import ConfigError
 from ..store import Store
 from ..validation import number_within
-from .plausibility import SKEW_MS
+from .plausibility import DAY_MS, SKEW_MS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_RETENTION_DAYS", "Pruned", "Pruner", "validate_retention_days"]
+__all__ = ["DEFAULT_RETENTION_DAYS", "Pruned", "Pruner", "retention_ms", "validate_retention_days"]
 
 DEFAULT_RETENTION_DAYS = 7.0
 RETENTION_DAYS_RANGE = (1.0, 3650.0)  # at least a day: kernels may hold windows over a relay outage
-DAY_MS = 86_400_000
 MARGIN_MS = 3_600_000
 assert MARGIN_MS > SKEW_MS
 CHUNK_ROWS = 1000  # rows per transaction: ~25 ms of write lock for 1.5 KB events with fsync
 INTERVAL_S = 300.0
 
 _SCHEMA = ("CREATE INDEX IF NOT EXISTS relay_runs_created ON relay_runs (created)",)  # one entry per run, not per window
+
+
+def retention_ms(days: float) -> int:
+    """The retention in milliseconds: how far back a window's start or a completion's end may be."""
+    return round(days * DAY_MS)
 
 
 def validate_retention_days(value: Any) -> float:
@@ -87,7 +91,7 @@ class Pruner:
     ) -> None:
         self.store = store
         self.retention_days = retention_days
-        self.max_age_ms = round(retention_days * DAY_MS)
+        self.max_age_ms = retention_ms(retention_days)
         self.chunk = chunk
         self.interval = interval
         self.pause = pause

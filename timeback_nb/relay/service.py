@@ -27,7 +27,7 @@ from .identity import Directory, FileTokens, HubTokens, TokenResolver, bearer_to
 from .journal import ACCEPTED, CompletionItem, GroupThread, Item, Result, TimeItem, prepare
 from .lock import StoreLock
 from .plausibility import check_age, check_not_future, check_window
-from .retention import DAY_MS, DEFAULT_RETENTION_DAYS, validate_retention_days
+from .retention import DEFAULT_RETENTION_DAYS, retention_ms, validate_retention_days
 from .writer import StoreSide, WriterProcess, wire_item
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class Relay:
             )
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self.retention_days = retention_days
-        self.max_age_ms = round(retention_days * DAY_MS)
+        self.max_age_ms = retention_ms(retention_days)
         store_path = options.store or self.settings.store_path
         # Before the store is touched: a second relay on this file stops here (see .lock).
         self.lock = StoreLock(store_path).acquire(wait=lock_wait)

@@ -34,7 +34,7 @@ from ..errors import ConfigError, TimebackError
 from ..outbox import Sender, make_transport
 from ..store import Store
 from .adapter import AdapterError, parse_body, validate_submit
-from .journal import CompletionItem, Item, Journal, Result, TimeItem, prepare
+from .journal import CompletionItem, Item, Journal, Result, TimeItem, not_stored, prepare
 from .retention import Pruner
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,6 @@ class WriterProcess:
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
-
     def start(self) -> WriterProcess:
         ours, theirs = socket.socketpair()
         with theirs:
@@ -162,7 +158,7 @@ class WriterProcess:
         try:
             return [_result(wire) for wire in self._exchange(("group", wires))]
         except WriterGone as exc:
-            return [AdapterError(503, "INTERNAL_ERROR", f"The relay could not store the event: {exc}")] * len(wires)
+            return [not_stored(str(exc))] * len(wires)
 
     def status(self) -> dict[str, Any]:
         try:
@@ -224,13 +220,9 @@ def _result(wire: Any) -> Result:
     return wire  # type: ignore[no-any-return]
 
 
-def _frame(message: Any) -> bytes:
-    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(body)) + body
-
-
 def _send(sock: socket.socket, message: Any) -> None:
-    sock.sendall(_frame(message))
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_HEADER.pack(len(body)) + body)
 
 
 def _recv(sock: socket.socket) -> Any:
