@@ -8,6 +8,7 @@ event yields the same id and the receiver can drop the duplicate.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -83,6 +84,15 @@ def activity_url(sensor: str, selector: Mapping[str, Any], slug: str) -> str:
     slug fully percent-encoded (``/`` included), the subject and code left as they are, and
     the sensor's query and fragment moved after the new path.
     """
+    if "code" in selector:
+        segment = str(selector["code"])
+    else:
+        segment = f"{selector['subject']}/g{selector['grade']}"
+    return _activity_url(sensor, segment, slug)
+
+
+@functools.lru_cache(maxsize=1024)  # a relay builds thousands a second for a few activities
+def _activity_url(sensor: str, segment: str, slug: str) -> str:
     try:
         parts = urlsplit(sensor)
     except ValueError:
@@ -93,10 +103,6 @@ def activity_url(sensor: str, selector: Mapping[str, Any], slug: str) -> str:
             "e.g. https://notebooks.example.org",
             field="sensor",
         )
-    if "code" in selector:
-        segment = str(selector["code"])
-    else:
-        segment = f"{selector['subject']}/g{selector['grade']}"
     url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/activities/{segment}/"
     url += quote(slug, safe="")
     if parts.query:
@@ -202,7 +208,7 @@ def time_spent_envelope(window: TimeWindow, target: Target, *, send_time: str) -
     if window.paused_ms > 0:
         items.append({"type": "inactive", "value": window.paused_ms / 1000})
     event = _event(
-        event_id=time_spent_id(window.run_id, window.started_at),
+        event_id=_urn(key),
         kind=("TimeSpentEvent", "SpentTime"),
         target=target,
         object_id=activity_url(target.sensor, window.activity.course, window.activity.id),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -31,7 +32,7 @@ __all__ = [
     "validate_submit",
 ]
 
-_UUID_HEX = frozenset("0123456789abcdefABCDEF")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class AdapterError(Exception):
@@ -130,8 +131,7 @@ def _run_id(body: Mapping[str, Any]) -> str:
 
 
 def _is_uuid(text: str) -> bool:
-    parts = text.split("-")
-    return [len(p) for p in parts] == [8, 4, 4, 4, 12] and all(c in _UUID_HEX for p in parts for c in p)
+    return _UUID.fullmatch(text) is not None
 
 
 def _datetime(body: Mapping[str, Any], key: str) -> tuple[str, int]:

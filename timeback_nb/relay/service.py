@@ -226,10 +226,9 @@ class Relay:
         }
 
     async def _commit(self, item: Item, raw: bytes) -> Result:
-        send_time = iso_utc_ms(self._wall_ms())
         if self.writer is not None:
-            return await self.journal.commit(wire_item(item, raw, send_time))
-        return await self.journal.commit(prepare(item, send_time))  # the event is built here
+            return await self.journal.commit(wire_item(item, raw))
+        return await self.journal.commit(prepare(item, iso_utc_ms(self._wall_ms())))  # the event is built here
 
     async def _identify(self, authorization: str | None) -> str:
         token = bearer_token(authorization)

@@ -29,11 +29,12 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..clock import iso_utc_ms
 from ..config import Settings
 from ..errors import ConfigError, TimebackError
 from ..outbox import Sender, make_transport
 from ..store import Store
-from .adapter import AdapterError, parse_body, validate_submit
+from .adapter import AdapterError, parse_body, validate_heartbeat, validate_submit
 from .journal import CompletionItem, Item, Journal, Result, TimeItem, not_stored, prepare
 from .retention import Pruner
 
@@ -91,14 +92,14 @@ class StoreSide:
 # -- the HTTP process's side -------------------------------------------------------------------
 
 
-def wire_item(item: Item, raw: bytes, send_time: str) -> tuple[Any, ...]:
-    """What the writer needs of a checked request. A heartbeat goes with its event built (the
-    HTTP process has CPU to spare; the writer's time is what every request of a group waits
-    for). A completion takes its attempt number in the writer's transaction, so it goes as its
-    body (the writer reads it again), who it is from and for, and the time it came."""
+def wire_item(item: Item, raw: bytes) -> tuple[Any, ...]:
+    """What the writer needs of a checked request: its kind, who it is from and for, and its
+    body, which the writer reads again to build the event. Cheaper for both processes than the
+    parsed request (pickling dataclasses costs more than parsing the JSON), and the HTTP
+    process, the one every request passes through twice, keeps only what must answer early."""
     if isinstance(item, TimeItem):
-        return ("prepared", prepare(item, send_time))
-    return ("submit", item.user, raw, item.target, send_time)
+        return ("time", item.user, raw, item.target)
+    return ("submit", item.user, raw, item.target)
 
 
 class WriterGone(Exception):
@@ -285,16 +286,18 @@ def _serve(sock: socket.socket) -> int:
 
 
 def _commit(side: StoreSide, wires: list[tuple[Any, ...]]) -> list[Any]:
-    """Commit the group (completions read again and built here); the results as plain data."""
+    """Commit the group, each request's event built here; the results as plain data."""
+    send_time = iso_utc_ms(time.time_ns() // 1_000_000)
     results: list[Any] = [None] * len(wires)
     prepared, where = [], []
-    for index, wire in enumerate(wires):
+    for index, (kind, user, raw, target) in enumerate(wires):
         try:
-            if wire[0] == "prepared":
-                prepared.append(wire[1])
-            else:
-                _, user, raw, target, send_time = wire
-                prepared.append(prepare(CompletionItem(user, validate_submit(parse_body(raw)), target), send_time))
+            body = parse_body(raw)
+            item: Item = (
+                TimeItem(user, validate_heartbeat(body), target) if kind == "time"
+                else CompletionItem(user, validate_submit(body), target)
+            )
+            prepared.append(prepare(item, send_time))
             where.append(index)
         except AdapterError as exc:
             results[index] = exc
