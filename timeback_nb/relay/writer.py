@@ -193,7 +193,9 @@ class WriterProcess:
         if self._process is not None:
             code = self._process.poll()
             if code is None:
-                self._process.terminate()  # it lost its socket (or stopped answering): it serves no one
+                # It lost its socket or stopped answering: it serves no one. SIGKILL, since it
+                # ignores SIGTERM (see _serve); a commit is atomic, so a cut one never happened.
+                self._process.kill()
             else:
                 log.error("timeback relay: the writer process ended (exit code %s); starting another", code)
         self._reap()
