@@ -6,8 +6,8 @@ commit that puts a request's event in the outbox before the request is answered.
 parallel-time cap) in one SQLite transaction and commits it: one fsync for the group. The
 stateful rules run one item after another, so two concurrent requests can never both pass a
 check that only one of them may. Ownership and accepted windows live in the relay's store file
-next to the outbox, so they survive a restart. Who calls it: the relay's writer process
-(`writer.py`), or a `GroupThread` when the whole relay runs in one process.
+next to the outbox, so they survive a restart. Who calls it: `StoreSide.commit` (`writer.py`),
+in the relay's writer process, or fed by a `GroupThread` when the whole relay runs in one process.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def prepare(item: Item, send_time: str) -> Prepared:
 class GroupThread:
     """Group commit from the event loop: `await group_thread.commit(x)` queues `x`; a thread of
     its own passes every `x` queued while the last group was committing to `commit_group` at
-    once (`Journal.commit_group` here, or the writer process's) and answers each request. The
+    once (`StoreSide.commit` here, or the writer process's) and answers each request. The
     loop never waits for it, and it takes the next group the moment the last one is done."""
 
     def __init__(self, commit_group: Callable[[list[Any]], list[Result]]) -> None:

@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..clock import iso_utc_ms
 from ..config import Settings, find_config, load_config, no_config_error
 from ..errors import ConfigError
 from ..events import Target
 from ..store import Store
 from .adapter import AdapterError, CourseResolver, parse_body, validate_heartbeat, validate_submit
 from .identity import Directory, FileTokens, HubTokens, TokenResolver, bearer_token
-from .journal import ACCEPTED, CompletionItem, GroupThread, Item, Result, TimeItem, prepare
+from .journal import ACCEPTED, CompletionItem, GroupThread, Item, Result, TimeItem
 from .lock import StoreLock
 from .plausibility import check_age, check_not_future, check_window
 from .retention import DEFAULT_RETENTION_DAYS, retention_ms, validate_retention_days
@@ -123,7 +122,7 @@ class Relay:
                     self.store, self.settings, batch=options.batch, max_parallel=options.max_parallel,
                     retention_days=retention_days, wall_ms=self._wall_ms,
                 )
-                self.journal = GroupThread(self.side.journal.commit_group)
+                self.journal = GroupThread(self.side.commit)
             else:
                 config = {
                     "environ": environ, "store": str(store_path), "batch": options.batch,
@@ -226,9 +225,7 @@ class Relay:
         }
 
     async def _commit(self, item: Item, raw: bytes) -> Result:
-        if self.writer is not None:
-            return await self.journal.commit(wire_item(item, raw))
-        return await self.journal.commit(prepare(item, iso_utc_ms(self._wall_ms())))  # the event is built here
+        return await self.journal.commit(wire_item(item, raw))
 
     async def _identify(self, authorization: str | None) -> str:
         token = bearer_token(authorization)

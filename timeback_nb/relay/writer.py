@@ -63,6 +63,7 @@ class StoreSide:
         self.nudge = _Nudge(self.sender.wake)
         self.journal = Journal(store, max_parallel=max_parallel, on_commit=lambda n: self.nudge.poke())
         self.pruner = Pruner(store, retention_days, wall_ms=wall_ms)
+        self.wall_ms = wall_ms
 
     def start(self) -> StoreSide:
         self.sender.start()
@@ -76,6 +77,27 @@ class StoreSide:
         self.sender.stop(5.0)
         if self.sender.transport is not None:
             self.sender.transport.close()
+
+    def commit(self, wires: list[tuple[Any, ...]]) -> list[Result]:
+        """Commit checked requests (`wire_item`s) as one group, each request's event built here
+        from its body; a result each, in order."""
+        send_time = iso_utc_ms(self.wall_ms())
+        results: list[Any] = [None] * len(wires)
+        prepared, where = [], []
+        for index, (kind, user, raw, target) in enumerate(wires):
+            try:
+                body = parse_body(raw)
+                item: Item = (
+                    TimeItem(user, validate_heartbeat(body), target) if kind == "time"
+                    else CompletionItem(user, validate_submit(body), target)
+                )
+                prepared.append(prepare(item, send_time))
+                where.append(index)
+            except AdapterError as exc:
+                results[index] = exc
+        for index, result in zip(where, self.journal.commit_group(prepared)):
+            results[index] = result
+        return results
 
     def status(self) -> dict[str, Any]:
         """For /health: each cheap to read however large the store grows (queued rows come
@@ -273,7 +295,7 @@ def _serve(sock: socket.socket) -> int:
             if message[0] == "stop":
                 return 0
             try:
-                reply: tuple[str, Any] = ("results", _commit(side, message[1])) if message[0] == "group" else ("status", side.status())
+                reply: tuple[str, Any] = ("results", _plain(side.commit(message[1]))) if message[0] == "group" else ("status", side.status())
             except Exception as exc:  # a bug: say so to the relay (its requests get a 503), keep serving
                 log.exception("timeback relay writer: %s failed", message[0])
                 reply = ("error", f"{type(exc).__name__}: {exc}")
@@ -287,24 +309,8 @@ def _serve(sock: socket.socket) -> int:
         store.close()
 
 
-def _commit(side: StoreSide, wires: list[tuple[Any, ...]]) -> list[Any]:
-    """Commit the group, each request's event built here; the results as plain data."""
-    send_time = iso_utc_ms(time.time_ns() // 1_000_000)
-    results: list[Any] = [None] * len(wires)
-    prepared, where = [], []
-    for index, (kind, user, raw, target) in enumerate(wires):
-        try:
-            body = parse_body(raw)
-            item: Item = (
-                TimeItem(user, validate_heartbeat(body), target) if kind == "time"
-                else CompletionItem(user, validate_submit(body), target)
-            )
-            prepared.append(prepare(item, send_time))
-            where.append(index)
-        except AdapterError as exc:
-            results[index] = exc
-    for index, result in zip(where, side.journal.commit_group(prepared)):
-        results[index] = result
+def _plain(results: list[Result]) -> list[Any]:
+    """The results as plain data for the relay (`_result` reads them back)."""
     return [(r.status, r.code, r.message, r.field, r.detail) if isinstance(r, AdapterError) else r for r in results]
 
 
