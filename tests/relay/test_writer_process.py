@@ -1,5 +1,6 @@
-"""The relay's writer process seen from the HTTP process, without HTTP: a `Relay` with a real
-writer child, its routes awaited on an event loop here."""
+"""The relay's writer process seen from the HTTP process (`link.py`), without HTTP: a `Relay`
+with a real writer child, its routes awaited on an event loop here, as `serve` runs it (the
+relay closed on that loop at the end)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from timeback_nb.relay import Relay, RelayOptions, writer
+from timeback_nb.relay import Relay, RelayOptions, link
 
 from .harness import heartbeat_body, relay_files
 
@@ -43,11 +44,18 @@ def _windows(count: int) -> list[bytes]:
     return [json.dumps(heartbeat_body(run, t0 + i * 15_000)).encode() for i in range(count)]
 
 
-def _run(scenario: Any) -> Any:
+def _run(relay: Relay, scenario: Any) -> Any:
     """`scenario` on a loop of its own, on a thread of its own (the test's thread may have a
-    loop running)."""
+    loop running); the relay closed on that loop at the end, as `serve` does."""
+
+    async def main() -> Any:
+        try:
+            return await scenario
+        finally:
+            await relay.close()
+
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, scenario).result(120)
+        return pool.submit(asyncio.run, main()).result(120)
 
 
 async def _post_all(relay: Relay, bodies: list[bytes]) -> list[Any]:
@@ -73,7 +81,7 @@ def test_a_burst_is_answered_once_durable_and_again_as_duplicates(start_relay: C
         stored = _stored(relay)  # every 204 came after its commit
         return first, stored, await _post_all(relay, bodies)
 
-    first, stored, again = _run(scenario())
+    first, stored, again = _run(relay, scenario())
     assert first == [(204, None)] * 200 and stored == 200
     assert again == [(200, {"duplicate": True})] * 200
     assert _stored(relay) == 200
@@ -82,7 +90,7 @@ def test_a_burst_is_answered_once_durable_and_again_as_duplicates(start_relay: C
 def test_a_writer_that_stops_answering_is_replaced_at_once_and_its_requests_get_503(
     start_relay: Callable[[], Relay], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(writer, "ANSWER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(link, "ANSWER_TIMEOUT_S", 1.0)
     relay = start_relay()
     hung = _writer_pid(relay)
 
@@ -95,7 +103,7 @@ def test_a_writer_that_stops_answering_is_replaced_at_once_and_its_requests_get_
         return stuck, after, time.monotonic() - started
 
     try:
-        stuck, after, took = _run(scenario())
+        stuck, after, took = _run(relay, scenario())
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(hung, signal.SIGCONT)
@@ -104,7 +112,7 @@ def test_a_writer_that_stops_answering_is_replaced_at_once_and_its_requests_get_
     assert after == [(204, None)] * 3
     assert _writer_pid(relay) != hung
     # The timeout, then a new writer: not the stop timeout a writer that ignores SIGTERM would cost.
-    assert took < writer.STOP_TIMEOUT_S
+    assert took < link.STOP_TIMEOUT_S
 
 
 def test_health_reports_the_writers_counts(start_relay: Callable[[], Relay]) -> None:
@@ -114,5 +122,18 @@ def test_health_reports_the_writers_counts(start_relay: Callable[[], Relay]) -> 
         await _post_all(relay, _windows(5))
         return await relay.health()
 
-    status, body = _run(scenario())
+    status, body = _run(relay, scenario())
     assert status == 200 and body["accepted"] == 5 and body["status"] == "ok"
+
+
+def test_close_lets_the_writer_answer_what_it_was_sent_before_it_stops(start_relay: Callable[[], Relay]) -> None:
+    relay = start_relay()
+
+    async def scenario() -> list[Any]:
+        posts = asyncio.gather(*(relay.heartbeat("token tok-alice", body) for body in _windows(50)))
+        await asyncio.sleep(0)  # the requests are read and sent, not yet answered
+        await relay.close()
+        return list(await posts)
+
+    assert _run(relay, scenario()) == [(204, None)] * 50
+    assert _stored(relay) == 50

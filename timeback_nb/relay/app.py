@@ -93,6 +93,7 @@ async def _serve(relay: Relay) -> None:
     await stop.wait()
     server.stop()
     await server.close_all_connections()
+    await relay.close()
 
 
 def serve(relay: Relay) -> None:

@@ -6,7 +6,7 @@ commit that puts a request's event in the outbox before the request is answered.
 parallel-time cap) in one SQLite transaction and commits it: one fsync for the group. The
 stateful rules run one item after another, so two concurrent requests can never both pass a
 check that only one of them may. Ownership and accepted windows live in the relay's store file
-next to the outbox, so they survive a restart. Who calls it: `StoreSide.commit` (`writer.py`),
+next to the outbox, so they survive a restart. Who calls it: `StoreSide.commit_built` (`writer.py`),
 in the relay's writer process, or fed by a `GroupThread` when the whole relay runs in one process.
 """
 
@@ -32,7 +32,7 @@ from .plausibility import MAX_WINDOW_MS, check_parallel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ACCEPTED", "DUPLICATE", "CompletionItem", "GroupThread", "Journal", "TimeItem", "not_stored", "prepare"]
+__all__ = ["ACCEPTED", "DUPLICATE", "CompletionItem", "GroupThread", "Journal", "TimeItem", "not_stored", "prepare", "settle"]
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
@@ -186,7 +186,7 @@ class GroupThread:
             self.groups += 1
             futures = [future for _, future in group]
             try:
-                futures[0].get_loop().call_soon_threadsafe(_settle, futures, results)
+                futures[0].get_loop().call_soon_threadsafe(settle, futures, results)
             except RuntimeError:  # the loop is closed: the service is stopping
                 return
 
@@ -335,7 +335,8 @@ def _overlap(clash: tuple[int, int]) -> AdapterError:
     return invalid_payload("startedAt", f"The window overlaps an accepted window of this run ({start} to {end})")
 
 
-def _settle(futures: list[asyncio.Future[Result]], results: list[Result]) -> None:
+def settle(futures: list[asyncio.Future[Result]], results: list[Result]) -> None:
+    """Answer each waiting request with its result, on the loop's thread."""
     for future, result in zip(futures, results):
         if not future.done():  # the client may have gone away
             future.set_result(result)

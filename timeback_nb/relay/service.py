@@ -4,13 +4,12 @@ in, one reply (status, JSON or nothing) out.
 Order per request, as the SDK's adapter (protocol reference §5.5, §5.6): identity from the
 token, parse, validate, resolve the course; then the relay's own checks (plausibility,
 run ownership, duplicates) and the durable commit; 204 only once the event is in the outbox.
-The commit, delivery and pruning happen in the writer process (`writer.py`), or with
-`in_process=True` on threads of this one.
+The commit, delivery and pruning happen in the writer process (`writer.py`, reached through
+`link.py`), or with `in_process=True` on threads of this one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,8 @@ from .journal import ACCEPTED, CompletionItem, GroupThread, Item, Result, TimeIt
 from .lock import StoreLock
 from .plausibility import check_age, check_not_future, check_window
 from .retention import DEFAULT_RETENTION_DAYS, retention_ms, validate_retention_days
-from .writer import StoreSide, WriterProcess, wire_item
+from .link import WriterLink, WriterProcess
+from .writer import StoreSide, wire_item
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def hub_environment(environ: dict[str, str]) -> dict[str, str] | None:
 
 class Relay:
     """Everything the routes need; `start()` starts the writer (a process, or with `in_process`
-    the journal, sender and pruner on threads here), `stop()` stops it."""
+    the journal, sender and pruner on threads here); `await close()` on the serving loop once
+    it takes no more requests (the writer answers what it was sent), then `stop()`."""
 
     def __init__(
         self, options: RelayOptions, *, wall_ms: Callable[[], int] | None = None, in_process: bool = False,
@@ -114,6 +115,7 @@ class Relay:
         self.lock = StoreLock(store_path).acquire(wait=lock_wait)
         self.side: StoreSide | None = None
         self.writer: WriterProcess | None = None
+        self.journal: GroupThread | WriterLink
         try:
             self.store = Store(store_path)  # here: the directory's cache of looked-up students
             self.directory = Directory.from_file(self.settings, self.store, options.users, options.email_template)
@@ -130,7 +132,7 @@ class Relay:
                     "log_level": logging.getLogger().getEffectiveLevel(),
                 }
                 self.writer = WriterProcess(config, pass_fds=self.lock.fds())  # it holds the lock too
-                self.journal = GroupThread(self.writer.commit_group)
+                self.journal = WriterLink(self.writer)
         except BaseException:
             if hasattr(self, "store"):
                 self.store.close()
@@ -159,16 +161,24 @@ class Relay:
         return self.options.host, self.options.port
 
     def start(self) -> Relay:
-        if self.writer is not None:
-            self.writer.start()
-        else:
+        if isinstance(self.journal, GroupThread):
             assert self.side is not None
             self.side.start()
-        self.journal.start()
+            self.journal.start()
+        else:
+            assert self.writer is not None
+            self.writer.start()
         return self
 
+    async def close(self) -> None:
+        """On the loop that served the requests, after the last one: the writer commits and
+        answers what it was sent."""
+        if isinstance(self.journal, WriterLink):
+            await self.journal.close()
+
     def stop(self) -> None:
-        self.journal.stop()
+        if isinstance(self.journal, GroupThread):
+            self.journal.stop()
         if self.writer is not None:
             self.writer.stop()
         else:
@@ -210,8 +220,8 @@ class Relay:
     async def health(self) -> Reply:
         """No token needed, so nothing secret: modes and the writer's counts (see
         `StoreSide.status`); 503 when the writer process is not running."""
-        if self.writer is not None:
-            status = await asyncio.get_running_loop().run_in_executor(None, self.writer.status)
+        if isinstance(self.journal, WriterLink):
+            status = await self.journal.status()
         else:
             assert self.side is not None
             status = self.side.status()

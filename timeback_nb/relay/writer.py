@@ -1,18 +1,15 @@
 """The relay's store side (the journal's group commits, the sender and the pruner: everything
 that writes the store) and the process it runs in.
 
-`timeback-nb relay` runs it in a child process of its own (`WriterProcess`), so the HTTP
-process only reads, checks and answers requests: it never waits for the GIL behind SQLite,
-event building or delivery, and a 2-core server uses both cores (measured: ~1.2-1.4x the
-requests per second of the same parts on threads of one process). The two talk over a
-socketpair, one group of requests per message: the HTTP process's `GroupThread` sends every
-request that arrived while the last group committed, the writer answers once the group is
-durable. The writer shares the HTTP process's store lock (see `lock.py`). When the HTTP
-process dies (SIGKILL too) the writer reads end-of-file and stops; when the writer dies, the
-group in flight is answered 503 (kernels retry; event ids are deterministic, so a group that
-did commit is a duplicate the second time) and the next group starts a new writer.
-`Relay(..., in_process=True)` runs the same `StoreSide` on threads of one process instead:
-the in-process tests use it.
+`timeback-nb relay` runs it in a child process of its own, so the HTTP process only reads,
+checks and answers requests: it never waits for the GIL behind SQLite, event building or
+delivery, and a 2-core server uses both cores. `link.py` is the HTTP process's side. In the
+writer, one thread reads the requests the relay streams to it and builds their events while
+the main thread commits the groups before them (SQLite lets go of the GIL while it writes and
+fsyncs); the main thread then commits every group that is ready as one transaction and
+answers each. The writer shares the HTTP process's store lock (see `lock.py`).
+`Relay(..., in_process=True)` runs the same `StoreSide` on threads of one process instead (a
+`GroupThread` feeds it): the in-process tests use it.
 """
 
 from __future__ import annotations
@@ -20,34 +17,40 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import queue
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 from ..clock import iso_utc_ms
 from ..config import Settings
-from ..errors import ConfigError, TimebackError
+from ..errors import TimebackError
 from ..outbox import Sender, make_transport
 from ..store import Store
 from .adapter import AdapterError, parse_body, validate_heartbeat, validate_submit
-from .journal import CompletionItem, Item, Journal, Result, TimeItem, not_stored, prepare
+from .journal import CompletionItem, Item, Journal, Prepared, Result, TimeItem, prepare
 from .retention import Pruner
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StoreSide", "WriterProcess", "wire_item"]
+__all__ = ["HEADER", "StoreSide", "frame", "recv_message", "send_message", "wire_item"]
 
-_HEADER = struct.Struct("!I")
-# Imported, not run with -m: one copy of this module in the child, whatever it imports.
-_CHILD = "import sys; from timeback_nb.relay.writer import main; sys.exit(main())"
-START_TIMEOUT_S = 60.0
-ANSWER_TIMEOUT_S = 120.0  # a group commit never takes this long unless the disk has hung
-STOP_TIMEOUT_S = 15.0
+HEADER = struct.Struct("!I")  # each message on the socketpair: its length, then the pickle
+
+
+@dataclass
+class BuiltGroup:
+    """One message's requests with their events built, ready to commit: `results` holds each
+    refusal in its place and None where `prepared` has the request (`where` says which)."""
+
+    results: list[Any]
+    prepared: list[Prepared]
+    where: list[int]
 
 
 class StoreSide:
@@ -79,11 +82,13 @@ class StoreSide:
             self.sender.transport.close()
 
     def commit(self, wires: list[tuple[Any, ...]]) -> list[Result]:
-        """Commit checked requests (`wire_item`s) as one group, each request's event built here
-        from its body; a result each, in order."""
+        """Commit checked requests (`wire_item`s) as one group; a result each, in order."""
+        return self.commit_built([self.build(wires)])[0]
+
+    def build(self, wires: list[tuple[Any, ...]]) -> BuiltGroup:
+        """Each request's event, built here from its body (a sendTime for the group)."""
         send_time = iso_utc_ms(self.wall_ms())
-        results: list[Any] = [None] * len(wires)
-        prepared, where = [], []
+        built = BuiltGroup([None] * len(wires), [], [])
         for index, (kind, user, raw, target) in enumerate(wires):
             try:
                 body = parse_body(raw)
@@ -91,13 +96,19 @@ class StoreSide:
                     TimeItem(user, validate_heartbeat(body), target) if kind == "time"
                     else CompletionItem(user, validate_submit(body), target)
                 )
-                prepared.append(prepare(item, send_time))
-                where.append(index)
+                built.prepared.append(prepare(item, send_time))
+                built.where.append(index)
             except AdapterError as exc:
-                results[index] = exc
-        for index, result in zip(where, self.journal.commit_group(prepared)):
-            results[index] = result
-        return results
+                built.results[index] = exc
+        return built
+
+    def commit_built(self, groups: list[BuiltGroup]) -> list[list[Result]]:
+        """Commit the groups in one transaction (one fsync); each group's results, in order."""
+        results = iter(self.journal.commit_group([item for group in groups for item in group.prepared]))
+        for group in groups:
+            for index in group.where:
+                group.results[index] = next(results)
+        return [group.results for group in groups]
 
     def status(self) -> dict[str, Any]:
         """For /health: each cheap to read however large the store grows (queued rows come
@@ -124,135 +135,20 @@ def wire_item(item: Item, raw: bytes) -> tuple[Any, ...]:
     return ("submit", item.user, raw, item.target)
 
 
-class WriterGone(Exception):
-    """The writer process ended or stopped answering."""
-
-
-class WriterProcess:
-    """The writer child of a relay, used from one thread at a time (a lock sees to it):
-    `start()` (until it is ready; ConfigError if it cannot open the store), `commit_group`,
-    `status`, `stop()`. A writer that is gone is started again by the next call."""
-
-    def __init__(self, config: dict[str, Any], *, pass_fds: tuple[int, ...] = ()) -> None:
-        self._config = config
-        self._pass_fds = pass_fds
-        self._process: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
-
-    def start(self) -> WriterProcess:
-        ours, theirs = socket.socketpair()
-        with theirs:
-            self._process = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, str(theirs.fileno())], pass_fds=(theirs.fileno(), *self._pass_fds)
-            )
-        try:
-            ours.settimeout(START_TIMEOUT_S)
-            _send(ours, self._config)
-            kind, detail = _recv(ours)
-        except (OSError, EOFError) as exc:
-            ours.close()
-            self._reap()
-            raise ConfigError(f"the relay's writer process did not start: {exc}", field="--store") from exc
-        if kind != "ready":
-            ours.close()
-            self._reap()
-            message, field = detail
-            raise ConfigError(message, field=field or "--store")
-        ours.settimeout(ANSWER_TIMEOUT_S)
-        self._sock = ours
-        return self
-
-    def stop(self) -> None:
-        with self._lock:
-            sock, self._sock = self._sock, None
-            if sock is not None:
-                try:
-                    _send(sock, ("stop",))
-                except OSError:
-                    pass
-                sock.close()
-            self._reap()
-
-    def commit_group(self, wires: list[tuple[Any, ...]]) -> list[Result]:
-        """Commit the requests (`wire_item`s) as one group; a result each, in order. When the
-        writer is gone, a 503 each: as far as the relay knows they were not committed (if they
-        were, the kernel's retry is a duplicate, the event ids being deterministic)."""
-        try:
-            return [_result(wire) for wire in self._exchange(("group", wires))]
-        except WriterGone as exc:
-            return [not_stored(str(exc))] * len(wires)
-
-    def status(self) -> dict[str, Any]:
-        try:
-            return dict(self._exchange(("status",)))
-        except WriterGone as exc:
-            return {"error": f"the relay's writer process is not running: {exc}"}
-
-    def _exchange(self, message: tuple[Any, ...]) -> Any:
-        with self._lock:
-            if self._sock is None or self._process is None or self._process.poll() is not None:
-                self._respawn()
-            assert self._sock is not None
-            try:
-                _send(self._sock, message)
-                kind, payload = _recv(self._sock)
-            except (OSError, EOFError) as exc:  # a timeout is an OSError too
-                self._lost(exc)
-                raise WriterGone(f"{type(exc).__name__}: {exc}") from exc
-        if kind == "error":  # the writer could not handle the message (a bug); it said why
-            raise WriterGone(str(payload))
-        return payload
-
-    def _lost(self, exc: BaseException) -> None:
-        code = None if self._process is None else self._process.poll()
-        log.error("timeback relay: the writer process is gone (%s, exit code %s); starting another", exc, code)
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def _respawn(self) -> None:
-        if self._process is not None:
-            code = self._process.poll()
-            if code is None:
-                # It lost its socket or stopped answering: it serves no one. SIGKILL, since it
-                # ignores SIGTERM (see _serve); a commit is atomic, so a cut one never happened.
-                self._process.kill()
-            else:
-                log.error("timeback relay: the writer process ended (exit code %s); starting another", code)
-        self._reap()
-        try:
-            self.start()
-        except ConfigError as exc:
-            raise WriterGone(str(exc)) from exc
-
-    def _reap(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            log.error("timeback relay: the writer process did not stop in %g s; killing it", STOP_TIMEOUT_S)
-            process.kill()
-            process.wait()
-
-
-def _result(wire: Any) -> Result:
-    if isinstance(wire, tuple):
-        status, code, message, field, detail = wire
-        return AdapterError(status, code, message, field=field, detail=detail)
-    return wire  # type: ignore[no-any-return]
-
-
-def _send(sock: socket.socket, message: Any) -> None:
+def frame(message: Any) -> bytes:
+    """`message` as sent on the socketpair."""
     body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(_HEADER.pack(len(body)) + body)
+    return HEADER.pack(len(body)) + body
 
 
-def _recv(sock: socket.socket) -> Any:
-    header = _recv_exactly(sock, _HEADER.size)
-    return pickle.loads(_recv_exactly(sock, _HEADER.unpack(header)[0]))
+def send_message(sock: socket.socket, message: Any) -> None:
+    sock.sendall(frame(message))
+
+
+def recv_message(sock: socket.socket) -> Any:
+    """The next message on a blocking socket (EOFError when the other end closed)."""
+    header = _recv_exactly(sock, HEADER.size)
+    return pickle.loads(_recv_exactly(sock, HEADER.unpack(header)[0]))
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -273,7 +169,7 @@ def _serve(sock: socket.socket) -> int:
     # a Ctrl-C or a SIGTERM to the whole group must not cut a group commit short before that.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    config = _recv(sock)
+    config = recv_message(sock)
     logging.basicConfig(level=config["log_level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         store = Store(config["store"])
@@ -282,35 +178,100 @@ def _serve(sock: socket.socket) -> int:
             retention_days=config["retention_days"], wall_ms=lambda: time.time_ns() // 1_000_000,
         ).start()
     except TimebackError as exc:
-        _send(sock, ("failed", (str(exc), exc.field)))
+        send_message(sock, ("failed", (str(exc), exc.field)))
         return 1
-    _send(sock, ("ready", os.getpid()))
+    send_message(sock, ("ready", os.getpid()))
+    inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+    threading.Thread(target=_read_and_build, args=(sock, side, inbox), name="timeback-relay-build", daemon=True).start()
     try:
         while True:
+            messages = [inbox.get()]
+            while True:  # and every other one ready: their groups commit together
+                try:
+                    messages.append(inbox.get_nowait())
+                except queue.Empty:
+                    break
+            replies, stop = _answer(side, messages)
             try:
-                message = _recv(sock)
-            except (EOFError, OSError):
-                log.info("timeback relay writer: the relay is gone; stopping")
-                return 0
-            if message[0] == "stop":
-                return 0
-            try:
-                reply: tuple[str, Any] = ("results", _plain(side.commit(message[1]))) if message[0] == "group" else ("status", side.status())
-            except Exception as exc:  # a bug: say so to the relay (its requests get a 503), keep serving
-                log.exception("timeback relay writer: %s failed", message[0])
-                reply = ("error", f"{type(exc).__name__}: {exc}")
-            try:
-                _send(sock, reply)
+                sock.sendall(b"".join(frame(reply) for reply in replies))
             except OSError:
-                log.info("timeback relay writer: the relay is gone; stopping")
+                stop = True
+            if stop:
+                log.info("timeback relay writer: the relay is gone or done; stopping")
                 return 0
     finally:
         side.stop()
         store.close()
 
 
+def _read_and_build(sock: socket.socket, side: StoreSide, inbox: queue.SimpleQueue[tuple[Any, ...]]) -> None:
+    """The builder thread: each message from the relay, a group with its events built, into
+    `inbox` in order; ("gone",) once the relay has closed its end."""
+    try:
+        for message in _messages(sock):
+            if message[0] != "group":
+                inbox.put(message)
+                continue
+            try:
+                inbox.put(("built", side.build(message[1])))
+            except Exception as exc:  # a bug: say so to the relay (its requests get a 503), keep serving
+                log.exception("timeback relay writer: building a group failed")
+                inbox.put(("error", f"{type(exc).__name__}: {exc}"))
+    except (EOFError, OSError):
+        pass
+    inbox.put(("gone",))
+
+
+def _messages(sock: socket.socket) -> Iterator[Any]:
+    buffer = bytearray()
+    while True:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise EOFError("the other end closed")
+        buffer += chunk
+        while len(buffer) >= HEADER.size and len(buffer) >= (size := HEADER.size + HEADER.unpack_from(buffer)[0]):
+            message = pickle.loads(buffer[HEADER.size : size])
+            del buffer[:size]
+            yield message
+
+
+def _answer(side: StoreSide, messages: list[tuple[Any, ...]]) -> tuple[list[tuple[str, Any]], bool]:
+    """A reply per message, in order (the built groups in a row committed as one), and whether
+    to stop after sending them."""
+    replies: list[tuple[str, Any]] = []
+    built: list[BuiltGroup] = []
+
+    def commit() -> None:
+        if not built:
+            return
+        try:
+            replies.extend(("results", _plain(results)) for results in side.commit_built(built))
+        except Exception as exc:  # a bug: say so to the relay (its requests get a 503), keep serving
+            log.exception("timeback relay writer: a group commit failed")
+            replies.extend([("error", f"{type(exc).__name__}: {exc}")] * len(built))
+        built.clear()
+
+    for message in messages:
+        if message[0] == "built":
+            built.append(message[1])
+            continue
+        commit()
+        if message[0] in ("stop", "gone"):
+            return replies, True
+        if message[0] == "status":
+            try:
+                replies.append(("status", side.status()))
+            except Exception as exc:
+                log.exception("timeback relay writer: status failed")
+                replies.append(("error", f"{type(exc).__name__}: {exc}"))
+        else:  # "error" from the builder, or a message this writer does not know
+            replies.append(("error", message[1] if message[0] == "error" else f"unknown message {message[0]!r}"))
+    commit()
+    return replies, False
+
+
 def _plain(results: list[Result]) -> list[Any]:
-    """The results as plain data for the relay (`_result` reads them back)."""
+    """The results as plain data for the relay (`link._result` reads them back)."""
     return [(r.status, r.code, r.message, r.field, r.detail) if isinstance(r, AdapterError) else r for r in results]
 
 
