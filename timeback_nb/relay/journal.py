@@ -135,10 +135,11 @@ def prepare(item: Item, send_time: str) -> Prepared:
 
 
 class GroupThread:
-    """Group commit from the event loop: `await group_thread.commit(x)` queues `x`; a thread of
-    its own passes every `x` queued while the last group was committing to `commit_group` at
-    once (`StoreSide.commit` here, or the writer process's) and answers each request. The
-    loop never waits for it, and it takes the next group the moment the last one is done."""
+    """Group commit from the event loop when the relay runs in one process (`link.WriterLink`
+    is the writer process's counterpart): `await group_thread.commit(x)` queues `x`; a thread of
+    its own passes every `x` queued while the last group was committing to `commit_group`
+    (`StoreSide.commit`) at once and answers each request. The loop never waits for it, and it
+    takes the next group the moment the last one is done."""
 
     def __init__(self, commit_group: Callable[[list[Any]], list[Result]]) -> None:
         self._commit_group = commit_group
