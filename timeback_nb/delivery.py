@@ -280,7 +280,3 @@ def numbered_completion(record: Completion, target: Target, store: Store, *, sen
     if attempt == 1:
         return envelope
     return events.completion_envelope(record, target, attempt=attempt, send_time=send_time)
-
-
-def _kind(record: Record) -> str:
-    return "completion" if isinstance(record, Completion) else "time"
