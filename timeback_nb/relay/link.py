@@ -138,9 +138,9 @@ class WriterLink:
         self._process = process
         self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
-        # Per message sent, in order: the futures of its requests (a group) or of a status.
-        self._waiting: collections.deque[tuple[str, list[asyncio.Future[Any]]]] = collections.deque()
-        self._sent_at: collections.deque[float] = collections.deque()  # loop time, per message
+        # Per message sent, in order: what it expects back, the futures of its requests (a
+        # group) or of a status, and when it was sent (loop time).
+        self._waiting: collections.deque[tuple[str, list[asyncio.Future[Any]], float]] = collections.deque()
         self._stream: asyncio.StreamWriter | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -201,10 +201,10 @@ class WriterLink:
     def _send(self, message: tuple[Any, ...], expect: str, futures: list[asyncio.Future[Any]]) -> None:
         assert self._stream is not None
         self._stream.write(frame(message))
-        self._waiting.append((expect, futures))
-        self._sent_at.append(asyncio.get_running_loop().time())
+        loop = asyncio.get_running_loop()
+        self._waiting.append((expect, futures, loop.time()))
         if self._deadline is None:
-            self._arm_deadline()
+            self._deadline = loop.call_at(loop.time() + ANSWER_TIMEOUT_S, self._check_deadline)
 
     async def _connected(self) -> bool:
         if self._stream is None:
@@ -241,17 +241,15 @@ class WriterLink:
             while True:
                 header = await reader.readexactly(HEADER.size)
                 kind, payload = pickle.loads(await reader.readexactly(HEADER.unpack(header)[0]))
-                expect, futures = self._waiting.popleft()
-                self._sent_at.popleft()
+                expect, futures, _ = self._waiting.popleft()
                 if kind == "error":  # the writer could not handle the message (a bug); it said why
                     self._fail(futures, str(payload))
                 elif expect == "status":
                     settle(futures, [payload])
                 else:
                     settle(futures, [_result(wire) for wire in payload])
-                self._arm_deadline()
         except (asyncio.IncompleteReadError, OSError) as exc:
-            if self._reader is asyncio.current_task():  # not a link already given up (_hung)
+            if self._reader is asyncio.current_task():  # not a link already given up (the deadline)
                 self._lost(exc)
 
     def _lost(self, exc: BaseException) -> None:
@@ -264,9 +262,8 @@ class WriterLink:
         self._reader = None
         self._restart = True
         while self._waiting:
-            _, futures = self._waiting.popleft()
+            _, futures, _ = self._waiting.popleft()
             self._fail(futures, f"{type(exc).__name__}: {exc}")
-        self._sent_at.clear()
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -274,15 +271,17 @@ class WriterLink:
     def _fail(self, futures: list[asyncio.Future[Any]], why: str) -> None:
         settle(futures, [not_stored(why)] * len(futures))
 
-    def _arm_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        if self._sent_at:
-            self._deadline = asyncio.get_running_loop().call_at(self._sent_at[0] + ANSWER_TIMEOUT_S, self._hung)
-
-    def _hung(self) -> None:
+    def _check_deadline(self) -> None:
+        """The oldest message still unanswered is given `ANSWER_TIMEOUT_S`. Checked when the
+        timer fires, not re-armed on every answer (thousands a second under load)."""
         self._deadline = None
+        if not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._waiting[0][2] + ANSWER_TIMEOUT_S
+        if loop.time() < due:
+            self._deadline = loop.call_at(due, self._check_deadline)
+            return
         self._lost(TimeoutError(f"the writer process has not answered for {ANSWER_TIMEOUT_S:g} s"))
 
 
