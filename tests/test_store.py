@@ -544,3 +544,45 @@ def test_marks_want_event_ids_not_row_numbers(store: Store) -> None:
         with pytest.raises(ValidationError, match="^event_id: must be the event id as str"):
             mark()
     assert store.events()[0]["state"] == "queued" and store.events()[0]["attempts"] == 0
+
+
+# What each call on a batch of leased rows costs must not grow with the rows still queued
+# behind it: a relay or an offline kernel can hold tens of thousands. Counted in SQLite VM
+# steps (a progress handler), which do not depend on the machine's speed.
+BATCH_CALLS = {
+    "lease": lambda store, ids: store.lease("A", 100.0, 15, len(ids)),
+    "renew": lambda store, ids: store.renew("A", ids, 101.0, 15),
+    "release": lambda store, ids: store.release("A", ids),
+    "mark_delivered_many": lambda store, ids: store.mark_delivered_many(ids),
+    "mark_rejected": lambda store, ids: [store.mark_rejected(i, "no") for i in ids],
+    "mark_retry": lambda store, ids: [store.mark_retry(i, "later", 130.0, owner="A") for i in ids],
+    "any_queued": lambda store, ids: store.any_queued(max_seq=1),
+}
+
+
+def _steps_for(tmp_path: Path, call: str, backlog: int) -> int:
+    steps = [0]
+    counting = [False]
+
+    def count() -> int:
+        if counting[0]:
+            steps[0] += 1
+        return 0
+
+    def connect(path: Path, timeout: float) -> sqlite3.Connection:
+        conn = store_module._connect(path, timeout)
+        conn.set_progress_handler(count, 100)
+        return conn
+
+    with Store(tmp_path / f"{call}-{backlog}.sqlite3", connect=connect) as store:
+        store.enqueue_rows([(f"e{i}", "time", f"r{i % 50}", "{}") for i in range(backlog)])
+        ids = [row.event_id for row in store.lease("A", 100.0, 15, 100)] if call != "lease" else [""] * 100
+        counting[0] = True
+        BATCH_CALLS[call](store, ids)
+    return steps[0]
+
+
+@pytest.mark.parametrize("call", sorted(BATCH_CALLS))
+def test_calls_on_a_batch_cost_the_same_behind_a_large_backlog(tmp_path: Path, call: str) -> None:
+    small, large = _steps_for(tmp_path, call, 200), _steps_for(tmp_path, call, 20_000)
+    assert large <= 2 * small + 50, f"{call}: {small} VM steps (x100) behind 200 queued rows, {large} behind 20,000"

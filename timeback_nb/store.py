@@ -605,9 +605,11 @@ class Store:
         event_ids = _event_ids(event_ids)
         for start in range(0, len(event_ids), 500):  # SQLite's host parameters are limited
             part = event_ids[start : start + 500]
+            # `+state`: without it SQLite walks the state index through every queued row for a
+            # list of ids, and draining a backlog turns quadratic; this way, one probe per id.
             self._write(
                 "UPDATE outbox SET state = 'delivered', reason = NULL, attempts = attempts + 1, lease_owner = NULL,"
-                f" lease_until = NULL, updated = ? WHERE event_id IN ({','.join('?' * len(part))}) AND state = 'queued'",
+                f" lease_until = NULL, updated = ? WHERE event_id IN ({','.join('?' * len(part))}) AND +state = 'queued'",
                 (time.time(), *part),
             )
 
