@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from timeback_nb.relay import Relay, RelayOptions, link
+from timeback_nb.relay import Relay, RelayOptions, link, writer
 
 from .harness import heartbeat_body, relay_files
 
@@ -137,3 +137,24 @@ def test_close_lets_the_writer_answer_what_it_was_sent_before_it_stops(start_rel
 
     assert _run(relay, scenario()) == [(204, None)] * 50
     assert _stored(relay) == 50
+
+
+def test_a_writer_that_cannot_read_its_stream_stops_and_the_next_request_gets_a_new_one(
+    start_relay: Callable[[], Relay],
+) -> None:
+    relay = start_relay()
+    broken = _writer_pid(relay)
+    assert relay.writer is not None and relay.writer.socket is not None
+    relay.writer.socket.send(writer.HEADER.pack(5) + b"junk!")  # a frame nothing can unpickle
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and relay.writer._process.poll() is None:  # type: ignore[union-attr]
+        time.sleep(0.05)
+    assert relay.writer._process.poll() is not None, "the writer waits for a builder that is gone"  # type: ignore[union-attr]
+
+    async def scenario() -> list[Any]:
+        first = await relay.heartbeat("token tok-alice", _windows(1)[0])
+        return [first, await relay.heartbeat("token tok-alice", _windows(1)[0])]
+
+    replies = _run(relay, scenario())
+    assert replies[-1] == (204, None) and _writer_pid(relay) != broken

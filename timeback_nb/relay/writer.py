@@ -206,7 +206,8 @@ def _serve(sock: socket.socket) -> int:
 
 def _read_and_build(sock: socket.socket, side: StoreSide, inbox: queue.SimpleQueue[tuple[Any, ...]]) -> None:
     """The builder thread: each message from the relay, a group with its events built, into
-    `inbox` in order; ("gone",) once the relay has closed its end."""
+    `inbox` in order; ("gone",) once the relay has closed its end, or when the stream cannot
+    be read on (the writer then stops, and the relay answers 503 and starts another)."""
     try:
         for message in _messages(sock):
             if message[0] != "group":
@@ -219,7 +220,10 @@ def _read_and_build(sock: socket.socket, side: StoreSide, inbox: queue.SimpleQue
                 inbox.put(("error", f"{type(exc).__name__}: {exc}"))
     except (EOFError, OSError):
         pass
-    inbox.put(("gone",))
+    except Exception:  # e.g. a frame that does not unpickle: the stream is lost from here
+        log.exception("timeback relay writer: cannot read the relay's messages; stopping")
+    finally:
+        inbox.put(("gone",))  # whatever ended this thread: the main thread must not wait for it
 
 
 def _messages(sock: socket.socket) -> Iterator[Any]:
