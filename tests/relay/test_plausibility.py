@@ -3,6 +3,7 @@ duplicates, and that they hold across a restart of the relay."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -140,6 +141,38 @@ def test_ownership_windows_and_attempts_survive_a_restart(relay: InProcessRelay)
     assert relay.post("submit", submit_body(run, T + 60_000)) == (204, None)  # a second attempt
     attempts = [e["data"][0]["generated"]["attempt"] for e in relay.outbox() if e["data"][0]["type"] == "ActivityEvent"]
     assert attempts == [1, 2]
+
+
+def _without_alice(home: Path) -> None:
+    users = json.loads((home / "users.json").read_text())
+    del users["alice"]
+    (home / "users.json").write_text(json.dumps(users))
+
+
+def _course_not_synced(home: Path) -> None:
+    config = json.loads((home / "timeback.config.json").read_text())
+    config["courses"][0]["ids"] = {"production": "c-prd-1"}  # the relay runs on staging
+    (home / "timeback.config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("break_it", "status", "code"),
+    [(_without_alice, 404, "USER_RESOLUTION_FAILED"), (_course_not_synced, 503, "MISSING_SYNCED_COURSE_ID")],
+)
+def test_a_window_already_accepted_is_a_duplicate_before_the_course_id_and_the_student_are_resolved(
+    relay: InProcessRelay, break_it: Any, status: int, code: str
+) -> None:
+    """SDK order (protocol §5.5): de-duplication comes after validation and before the synced
+    course id (step 5) and the user (step 6). A kernel resending a window the relay accepted
+    hears "duplicate", not an error it would keep the event queued or rejected for."""
+    run = new_run()
+    assert relay.post("heartbeat", heartbeat_body(run, T)) == (204, None)
+    break_it(relay.home)
+    relay.restart()
+    assert relay.post("heartbeat", heartbeat_body(run, T)) == (200, {"duplicate": True})
+    refused_status, reply = relay.post("heartbeat", heartbeat_body(run, T + 15_000))
+    assert (refused_status, reply["error"]["code"]) == (status, code)
+    assert len(relay.outbox()) == 1
 
 
 def test_the_event_is_the_kernels_event_for_that_student(relay: InProcessRelay) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from timeback_nb.relay import Relay, RelayOptions, link, writer
+from timeback_nb.validation import iso_to_epoch_ms
 
 from .harness import heartbeat_body, relay_files
 
@@ -158,3 +159,18 @@ def test_a_writer_that_cannot_read_its_stream_stops_and_the_next_request_gets_a_
 
     replies = _run(relay, scenario())
     assert replies[-1] == (204, None) and _writer_pid(relay) != broken
+
+
+def test_the_writer_says_whether_a_students_window_was_accepted(start_relay: Callable[[], Relay]) -> None:
+    relay, body = start_relay(), _windows(1)[0]
+    window = json.loads(body)
+    run, start = window["runId"], iso_to_epoch_ms(window["startedAt"])
+    assert isinstance(relay.journal, link.WriterLink)
+
+    async def scenario() -> list[Any]:
+        before = await relay.journal.has_window("alice", run, start)
+        assert await relay.heartbeat("token tok-alice", body) == (204, None)
+        return [before, await relay.journal.has_window("alice", run, start),
+                await relay.journal.has_window("bob", run, start), await relay.journal.has_window("alice", run, start + 1)]
+
+    assert _run(relay, scenario()) == [False, True, False, False]

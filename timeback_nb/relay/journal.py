@@ -92,6 +92,14 @@ class Journal:
             for statement in _SCHEMA:
                 conn.execute(statement)
 
+    def has_window(self, user: str, run_id: str, start_ms: int) -> bool:
+        """Whether `user`'s window of `run_id` starting at `start_ms` was accepted."""
+        with self.store.transaction() as conn:
+            found = conn.execute(
+                "SELECT 1 FROM relay_windows WHERE run_id = ? AND start_ms = ? AND user = ?", (run_id, start_ms, user)
+            ).fetchone()
+        return found is not None
+
     def commit_group(self, group: list[Prepared]) -> list[Result]:
         """Judge and commit `group`, in order; a result per item. When the commit fails, nothing
         of the group is stored and every item gets the same 503."""

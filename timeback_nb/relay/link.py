@@ -121,7 +121,7 @@ class WriterProcess:
 
 class WriterLink:
     """The event loop's side of the writer: `await link.commit(wire)` → the request's result once
-    its group is durable; `await link.status()`; `await link.close()`.
+    its group is durable; `await link.status()`, `await link.has_window(...)`; `await link.close()`.
 
     Requests are streamed to the writer as they are read, a message every `STREAM_EVERY`
     requests or at the end of the loop's pass, without waiting for the groups before them;
@@ -139,7 +139,7 @@ class WriterLink:
         self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
         # Per message sent, in order: what it expects back, the futures of its requests (a
-        # group) or of a status, and when it was sent (loop time).
+        # group) or of a question, and when it was sent (loop time).
         self._waiting: collections.deque[tuple[str, list[asyncio.Future[Any]], float]] = collections.deque()
         self._stream: asyncio.StreamWriter | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -160,13 +160,23 @@ class WriterLink:
         return await future
 
     async def status(self) -> dict[str, Any]:
+        status = await self._ask(("status",))
+        if status is None or isinstance(status, AdapterError):
+            return {"error": "the relay's writer process is not running"}
+        return dict(status)
+
+    async def has_window(self, user: str, run_id: str, start_ms: int) -> bool:
+        """Whether the writer's store holds that accepted window (False when it cannot say)."""
+        return await self._ask(("has_window", user, run_id, start_ms)) is True
+
+    async def _ask(self, message: tuple[Any, ...]) -> Any:
+        """The writer's answer to a question (None when it is not running; an AdapterError
+        when it could not answer), in order with the groups sent before it."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if await self._connected():
-            self._send(("status",), "status", [future])
-            status = await future
-            if not isinstance(status, AdapterError):
-                return dict(status)
-        return {"error": "the relay's writer process is not running"}
+        if not await self._connected():
+            return None
+        self._send(message, "answer", [future])
+        return await future
 
     async def close(self) -> None:
         """After the last request: the writer commits and answers what it has, then stops."""
@@ -244,7 +254,7 @@ class WriterLink:
                 expect, futures, _ = self._waiting.popleft()
                 if kind == "error":  # the writer could not handle the message (a bug); it said why
                     self._fail(futures, str(payload))
-                elif expect == "status":
+                elif expect == "answer":
                     settle(futures, [payload])
                 else:
                     settle(futures, [_result(wire) for wire in payload])

@@ -10,6 +10,7 @@ The commit, delivery and pruning happen in the writer process (`writer.py`, reac
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -193,11 +194,20 @@ class Relay:
         try:
             name = await self._identify(authorization)
             beat = validate_heartbeat(parse_body(raw))
-            resolved = self.courses.resolve(beat.window.activity.course)
+            course = self._course_before_dedup(beat.window.activity.course)
             now_ms = self._wall_ms()
             check_window(beat, now_ms)
             check_age("startedAt", beat.started_ms, now_ms, self.max_age_ms)
-            target = await self._target(name, resolved)
+            try:
+                if isinstance(course, AdapterError):
+                    raise course
+                target = await self._target(name, course)
+            except AdapterError:
+                # The SDK's order (§5.5): a window it has seen is a duplicate before the synced
+                # course id (step 5) and the student (step 6) are looked at.
+                if await self._has_window(name, beat):
+                    return 200, {"duplicate": True}
+                raise
             result = await self._commit(TimeItem(name, beat, target), raw)
         except AdapterError as exc:
             return exc.status, exc.body()
@@ -233,6 +243,24 @@ class Relay:
             **status,
             "retentionDays": self.retention_days,
         }
+
+    def _course_before_dedup(self, selector: Any) -> Any:
+        """The request's course, or the one error about it that the SDK's heartbeat gives only
+        after its duplicate check: no synced course id (§5.5 step 5). The others (no such
+        course, more than one, no sensor) are validation (step 3) and are raised."""
+        try:
+            return self.courses.resolve(selector)
+        except AdapterError as exc:
+            if exc.code == "MISSING_SYNCED_COURSE_ID":
+                return exc
+            raise
+
+    async def _has_window(self, name: str, beat: Any) -> bool:
+        run_id, start_ms = beat.window.run_id, beat.started_ms
+        if isinstance(self.journal, WriterLink):
+            return await self.journal.has_window(name, run_id, start_ms)
+        assert self.side is not None
+        return await asyncio.get_running_loop().run_in_executor(None, self.side.has_window, name, run_id, start_ms)
 
     async def _commit(self, item: Item, raw: bytes) -> Result:
         return await self.journal.commit(wire_item(item, raw))

@@ -110,6 +110,9 @@ class StoreSide:
                 group.results[index] = next(results)
         return [group.results for group in groups]
 
+    def has_window(self, user: str, run_id: str, start_ms: int) -> bool:
+        return self.journal.has_window(user, run_id, start_ms)
+
     def status(self) -> dict[str, Any]:
         """For /health: each cheap to read however large the store grows (queued rows come
         from an index; the rest since this start)."""
@@ -262,11 +265,12 @@ def _answer(side: StoreSide, messages: list[tuple[Any, ...]]) -> tuple[list[tupl
         commit()
         if message[0] in ("stop", "gone"):
             return replies, True
-        if message[0] == "status":
+        if message[0] in ("status", "has_window"):
             try:
-                replies.append(("status", side.status()))
+                answer = side.status() if message[0] == "status" else side.has_window(*message[1:])
+                replies.append((message[0], answer))
             except Exception as exc:
-                log.exception("timeback relay writer: status failed")
+                log.exception("timeback relay writer: %s failed", message[0])
                 replies.append(("error", f"{type(exc).__name__}: {exc}"))
         else:  # "error" from the builder, or a message this writer does not know
             replies.append(("error", message[1] if message[0] == "error" else f"unknown message {message[0]!r}"))
