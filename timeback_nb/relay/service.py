@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import Settings, find_config, load_config, no_config_error
+from ..config import ResolvedCourse, Settings, find_config, load_config, no_config_error
 from ..errors import ConfigError
 from ..events import Target
 from ..store import Store
-from .adapter import AdapterError, CourseResolver, parse_body, validate_heartbeat, validate_submit
+from .adapter import AdapterError, CourseResolver, Heartbeat, parse_body, validate_heartbeat, validate_submit
 from .identity import Directory, FileTokens, HubTokens, TokenResolver, bearer_token
 from .journal import ACCEPTED, CompletionItem, GroupThread, Item, Result, TimeItem
 from .lock import StoreLock
@@ -244,7 +244,7 @@ class Relay:
             "retentionDays": self.retention_days,
         }
 
-    def _course_before_dedup(self, selector: Any) -> Any:
+    def _course_before_dedup(self, selector: Any) -> ResolvedCourse | AdapterError:
         """The request's course, or the one error about it that the SDK's heartbeat gives only
         after its duplicate check: no synced course id (§5.5 step 5). The others (no such
         course, more than one, no sensor) are validation (step 3) and are raised."""
@@ -255,7 +255,7 @@ class Relay:
                 return exc
             raise
 
-    async def _has_window(self, name: str, beat: Any) -> bool:
+    async def _has_window(self, name: str, beat: Heartbeat) -> bool:
         run_id, start_ms = beat.window.run_id, beat.started_ms
         if isinstance(self.journal, WriterLink):
             return await self.journal.has_window(name, run_id, start_ms)
