@@ -96,21 +96,47 @@ def _http_ready(url: str) -> Any:
     return ready
 
 
-def bare(folder: Path, seconds: float) -> float:
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and its children (the relay's
+    writer), from /proc: the server side only, not the load generator or the stand-in."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _flat_out(port: int, seconds: float, spec: Path, server: subprocess.Popen[bytes]) -> tuple[dict[str, Any], float]:
+    """The flat-out load's result and the server's CPU per request in µs."""
+    before = _cpu_s(server.pid)
+    result = _load(port, seconds, 0, spec)
+    return result, (_cpu_s(server.pid) - before) / max(result["requests"], 1) * 1e6
+
+
+def bare(folder: Path, seconds: float) -> tuple[float, float]:
+    """(requests/s, CPU µs per request)."""
     port = _free_port()
     process = _spawn([sys.executable, "-m", "tests.benchmarks.bare_endpoint", str(port)], _env(),
                      _http_ready(f"http://127.0.0.1:{port}{PATH}"), folder / "bare.log")
     try:
         spec, _ = _spec(folder, 0)
-        result = _load(port, seconds, 0, spec)
+        result, cpu = _flat_out(port, seconds, spec, process)
         assert result["statuses"] == {"204": result["requests"]}, result
-        return result["requests"] / result["seconds"]
+        return result["requests"] / result["seconds"], cpu
     finally:
         _stop(process)
 
 
-def relay(folder: Path, seconds: float) -> tuple[float, dict[str, Any]]:
-    """(requests/s flat out, the paced run's result)."""
+def relay(folder: Path, seconds: float) -> tuple[float, float, dict[str, Any]]:
+    """(requests/s flat out, its CPU µs per request in the relay's two processes, the paced
+    run's result)."""
     port = _free_port()
     t0 = time.time_ns() // 1_000_000 - 24 * 3_600_000  # windows far enough back for any run length
     full_spec, full = _spec(folder, t0)
@@ -126,7 +152,7 @@ def relay(folder: Path, seconds: float) -> tuple[float, dict[str, Any]]:
                    "--tokens", str(folder / "tokens.json"), "--users", str(folder / "users.json"), "--log-level", "WARNING"]
         process = _spawn(command, env, _http_ready(f"http://127.0.0.1:{port}/api/timeback/health"), folder / "relay.log")
         try:
-            flat = _load(port, seconds, 0, full_spec)
+            flat, cpu = _flat_out(port, seconds, full_spec, process)
             steady = _load(port, seconds, PACED_RATE, paced_spec)
         finally:
             _stop(process)
@@ -135,25 +161,28 @@ def relay(folder: Path, seconds: float) -> tuple[float, dict[str, Any]]:
     with sqlite3.connect(store) as db:
         rows, distinct = db.execute("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM outbox").fetchone()
     assert rows == distinct == flat["requests"] + steady["requests"], (rows, distinct, flat, steady)
-    return flat["requests"] / flat["seconds"], steady
+    return flat["requests"] / flat["seconds"], cpu, steady
 
 
 def run(quick: bool) -> list[Row]:
     reps, seconds = (1, 2.0) if quick else (3, 6.0)
-    rates, bares, ratios, p50s, p99s = [], [], [], [], []
+    rates, bares, ratios, p50s, p99s, cpus, bare_cpus = [], [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(reps):
             folder = Path(tmp) / f"rep{rep}"
             folder.mkdir()
-            baseline = bare(folder, seconds)
-            rate, steady = relay(folder, seconds)
+            baseline, bare_cpu = bare(folder, seconds)
+            rate, cpu, steady = relay(folder, seconds)
             bares.append(baseline)
+            bare_cpus.append(bare_cpu)
             rates.append(rate)
+            cpus.append(cpu)
             ratios.append(rate / baseline)
             p50s.append(steady["p50_ms"])
             p99s.append(steady["p99_ms"])
-            print(f"  rep {rep + 1}/{reps}: relay {rate:.0f}/s, bare tornado {baseline:.0f}/s, "
-                  f"at {PACED_RATE}/s p50 {steady['p50_ms']:.2f} ms p99 {steady['p99_ms']:.2f} ms", file=sys.stderr, flush=True)
+            print(f"  rep {rep + 1}/{reps}: relay {rate:.0f}/s ({cpu:.0f} µs CPU each), bare tornado {baseline:.0f}/s "
+                  f"({bare_cpu:.0f} µs), at {PACED_RATE}/s p50 {steady['p50_ms']:.2f} ms p99 {steady['p99_ms']:.2f} ms",
+                  file=sys.stderr, flush=True)
     note = (f"{CLIENTS} keep-alive clients, each a student streaming its own run; every 204 followed a "
             "durable (fsynced) commit of the event to the relay's outbox by its writer process (group commit); "
             "store checked: one row per 204, no id twice")
@@ -162,6 +191,11 @@ def run(quick: bool) -> list[Row]:
             f"≥ {BAR_PER_S:,}/s", baseline=median(bares), baseline_text="bare tornado 204, same load", digits=0,
             notes=[note]),
         Row(NAME, "relay / bare endpoint, throughput", ratios, Bar("at_least", BAR_RATIO), f"≥ {BAR_RATIO}×", digits=2),
+        Row(NAME, "CPU per heartbeat flat out, µs (HTTP + writer processes)", cpus, Bar("report"), "reported",
+            baseline=median(bare_cpus), baseline_text="bare tornado, CPU per request", digits=0,
+            notes=["CPU per request: user + system time of the server's processes over the flat-out run (/proc), "
+                   "per request answered; the writer's includes delivering to the stand-in; the load generator "
+                   "and the stand-in share the same cores and are not counted"]),
         Row(NAME, f"p50 latency at {PACED_RATE} req/s, ms", p50s, Bar("report"), "reported", digits=2),
         Row(NAME, f"p99 latency at {PACED_RATE} req/s, ms", p99s, Bar("report"), "reported", digits=2),
     ]
