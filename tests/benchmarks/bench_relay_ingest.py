@@ -1,9 +1,16 @@
 """Relay ingest: heartbeat requests per second into `timeback-nb relay` (a real process on
 127.0.0.1 with its writer process, standalone tokens, delivering with its sender to the
-loopback Caliper stand-in), from 64 keep-alive clients, each request answered only after its
-event is committed to the relay's outbox (group commit, fsynced); then p50/p99 latency at a
-steady 500 requests/s. The baseline is tornado answering 204 to the same requests with no work, in the
-same run, driven by the same load generator (a separate process).
+loopback Caliper stand-in), each request answered only after its event is committed to the
+relay's outbox (group commit, fsynced); then p50/p99 latency at a steady 500 requests/s. The
+baseline is tornado answering 204 to the same requests with no work, in the same run, driven
+by the same load generator (a separate process).
+
+Throughput is a server's capacity: each server is loaded flat out by 64 and then by 256
+keep-alive clients, and its best is its throughput (the ratio is best against best). The two
+peak at different concurrencies: tornado's cost per request grows with its connections, while
+the relay's falls, since more waiting clients fill its group commits. A relay at 30,000 students
+serves thousands of connections, each sending rarely, so neither count flatters the relay; both
+results are in the notes.
 
 Correctness, checked afterwards in the relay's store: one outbox row per 204, none twice.
 """
@@ -19,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +38,8 @@ from tests.relay.harness import CONFIG, ROOT, caliper_env
 from .results import Bar, Row, median
 
 NAME = "relay_ingest"
-CLIENTS = 64  # a request waits for its group's fsync: enough clients that groups fill
+CLIENT_COUNTS = (64, 256)  # each server's throughput is its best of these (see the docstring)
+PACED_CLIENTS = 64
 BAR_PER_S = 2000
 BAR_RATIO = 0.5
 PACED_RATE = 500
@@ -79,8 +88,8 @@ def _load(port: int, seconds: float, rate: float, spec: Path) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-def _spec(folder: Path, t0: int) -> tuple[Path, dict[str, Any]]:
-    clients = [{"token": f"tok-{uuid.uuid4().hex}", "run": str(uuid.uuid4())} for _ in range(CLIENTS)]
+def _spec(folder: Path, t0: int, count: int) -> tuple[Path, dict[str, Any]]:
+    clients = [{"token": f"tok-{uuid.uuid4().hex}", "run": str(uuid.uuid4())} for _ in range(count)]
     spec = folder / f"spec-{uuid.uuid4().hex[:6]}.json"
     spec.write_text(json.dumps({"t0": t0, "clients": clients}))
     return spec, {"clients": clients}
@@ -113,35 +122,52 @@ def _cpu_s(pid: int) -> float:
     return total
 
 
-def _flat_out(port: int, seconds: float, spec: Path, server: subprocess.Popen[bytes]) -> tuple[dict[str, Any], float]:
-    """The flat-out load's result and the server's CPU per request in µs."""
-    before = _cpu_s(server.pid)
-    result = _load(port, seconds, 0, spec)
-    return result, (_cpu_s(server.pid) - before) / max(result["requests"], 1) * 1e6
+@dataclass
+class FlatOut:
+    """A server loaded flat out by each client count: requests/s and CPU µs per request."""
+
+    rates: dict[int, float]
+    cpus: dict[int, float]
+    requests: int  # answered, over all counts
+
+    @property
+    def best(self) -> int:
+        """The client count this server did best at."""
+        return max(self.rates, key=self.rates.__getitem__)
 
 
-def bare(folder: Path, seconds: float) -> tuple[float, float]:
-    """(requests/s, CPU µs per request)."""
+def _flat_out(port: int, seconds: float, specs: dict[int, Path], server: subprocess.Popen[bytes]) -> FlatOut:
+    """Each flat-out load in turn (every reply checked to be 204) with the server's CPU per
+    request over it."""
+    flat = FlatOut({}, {}, 0)
+    for count, spec in specs.items():
+        before = _cpu_s(server.pid)
+        result = _load(port, seconds, 0, spec)
+        assert result["statuses"] == {"204": result["requests"]}, result
+        flat.rates[count] = result["requests"] / result["seconds"]
+        flat.cpus[count] = (_cpu_s(server.pid) - before) / max(result["requests"], 1) * 1e6
+        flat.requests += result["requests"]
+    return flat
+
+
+def bare(folder: Path, seconds: float) -> FlatOut:
     port = _free_port()
     process = _spawn([sys.executable, "-m", "tests.benchmarks.bare_endpoint", str(port)], _env(),
                      _http_ready(f"http://127.0.0.1:{port}{PATH}"), folder / "bare.log")
     try:
-        spec, _ = _spec(folder, 0)
-        result, cpu = _flat_out(port, seconds, spec, process)
-        assert result["statuses"] == {"204": result["requests"]}, result
-        return result["requests"] / result["seconds"], cpu
+        return _flat_out(port, seconds, {n: _spec(folder, 0, n)[0] for n in CLIENT_COUNTS}, process)
     finally:
         _stop(process)
 
 
-def relay(folder: Path, seconds: float) -> tuple[float, float, dict[str, Any]]:
-    """(requests/s flat out, its CPU µs per request in the relay's two processes, the paced
-    run's result)."""
+def relay(folder: Path, seconds: float) -> tuple[FlatOut, dict[str, Any]]:
+    """The flat-out loads (CPU per request: the relay's two processes) and the paced run's
+    result."""
     port = _free_port()
     t0 = time.time_ns() // 1_000_000 - 24 * 3_600_000  # windows far enough back for any run length
-    full_spec, full = _spec(folder, t0)
-    paced_spec, paced = _spec(folder, t0)
-    everyone = full["clients"] + paced["clients"]
+    specs = {n: _spec(folder, t0, n) for n in CLIENT_COUNTS}
+    paced_spec, paced = _spec(folder, t0, PACED_CLIENTS)
+    everyone = [c for _, spec in specs.values() for c in spec["clients"]] + paced["clients"]
     (folder / "tokens.json").write_text(json.dumps({c["token"]: {"name": f"s{i}"} for i, c in enumerate(everyone)}))
     (folder / "users.json").write_text(json.dumps({f"s{i}": {"email": f"s{i}@school.edu", "id": f"u-{i}"} for i in range(len(everyone))}))
     (folder / "timeback.config.json").write_text(json.dumps(CONFIG))
@@ -152,50 +178,60 @@ def relay(folder: Path, seconds: float) -> tuple[float, float, dict[str, Any]]:
                    "--tokens", str(folder / "tokens.json"), "--users", str(folder / "users.json"), "--log-level", "WARNING"]
         process = _spawn(command, env, _http_ready(f"http://127.0.0.1:{port}/api/timeback/health"), folder / "relay.log")
         try:
-            flat, cpu = _flat_out(port, seconds, full_spec, process)
+            flat = _flat_out(port, seconds, {n: path for n, (path, _) in specs.items()}, process)
             steady = _load(port, seconds, PACED_RATE, paced_spec)
         finally:
             _stop(process)
-    for result in (flat, steady):
-        assert result["statuses"] == {"204": result["requests"]}, result
+    assert steady["statuses"] == {"204": steady["requests"]}, steady
     with sqlite3.connect(store) as db:
         rows, distinct = db.execute("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM outbox").fetchone()
-    assert rows == distinct == flat["requests"] + steady["requests"], (rows, distinct, flat, steady)
-    return flat["requests"] / flat["seconds"], cpu, steady
+    assert rows == distinct == flat.requests + steady["requests"], (rows, distinct, flat, steady)
+    return flat, steady
+
+
+def _at_each(flat: FlatOut) -> str:
+    return ", ".join(f"{flat.rates[n]:,.0f}/s at {n}" for n in CLIENT_COUNTS)
 
 
 def run(quick: bool) -> list[Row]:
     reps, seconds = (1, 2.0) if quick else (3, 6.0)
-    rates, bares, ratios, p50s, p99s, cpus, bare_cpus = [], [], [], [], [], [], []
+    rates, bares, ratios, p50s, p99s, cpus, bare_cpus, seen = [], [], [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(reps):
             folder = Path(tmp) / f"rep{rep}"
             folder.mkdir()
-            baseline, bare_cpu = bare(folder, seconds)
-            rate, cpu, steady = relay(folder, seconds)
-            bares.append(baseline)
-            bare_cpus.append(bare_cpu)
+            baseline = bare(folder, seconds)
+            flat, steady = relay(folder, seconds)
+            rate, bare_rate = flat.rates[flat.best], baseline.rates[baseline.best]
+            bares.append(bare_rate)
+            bare_cpus.append(baseline.cpus[baseline.best])
             rates.append(rate)
-            cpus.append(cpu)
-            ratios.append(rate / baseline)
+            cpus.append(flat.cpus[flat.best])
+            ratios.append(rate / bare_rate)
             p50s.append(steady["p50_ms"])
             p99s.append(steady["p99_ms"])
-            print(f"  rep {rep + 1}/{reps}: relay {rate:.0f}/s ({cpu:.0f} µs CPU each), bare tornado {baseline:.0f}/s "
-                  f"({bare_cpu:.0f} µs), at {PACED_RATE}/s p50 {steady['p50_ms']:.2f} ms p99 {steady['p99_ms']:.2f} ms",
-                  file=sys.stderr, flush=True)
-    note = (f"{CLIENTS} keep-alive clients, each a student streaming its own run; every 204 followed a "
-            "durable (fsynced) commit of the event to the relay's outbox by its writer process (group commit); "
-            "store checked: one row per 204, no id twice")
+            seen.append(f"relay {_at_each(flat)}; bare {_at_each(baseline)}")
+            print(f"  rep {rep + 1}/{reps}: relay {_at_each(flat)} ({cpus[-1]:.0f} µs CPU each at its best), "
+                  f"bare tornado {_at_each(baseline)} ({bare_cpus[-1]:.0f} µs), at {PACED_RATE}/s "
+                  f"p50 {steady['p50_ms']:.2f} ms p99 {steady['p99_ms']:.2f} ms", file=sys.stderr, flush=True)
+    counts = " and ".join(str(n) for n in CLIENT_COUNTS)
+    note = (f"flat out with {counts} keep-alive clients in turn, each a student streaming its own run; a "
+            "server's throughput is its best of those; every 204 followed a durable (fsynced) commit of the "
+            "event to the relay's outbox by its writer process (group commit); store checked: one row per "
+            "204, no id twice")
     return [
-        Row(NAME, f"heartbeats/s, {CLIENTS} clients, durable before reply", rates, Bar("at_least", BAR_PER_S),
-            f"≥ {BAR_PER_S:,}/s", baseline=median(bares), baseline_text="bare tornado 204, same load", digits=0,
-            notes=[note]),
-        Row(NAME, "relay / bare endpoint, throughput", ratios, Bar("at_least", BAR_RATIO), f"≥ {BAR_RATIO}×", digits=2),
+        Row(NAME, f"heartbeats/s, best of {counts} clients, durable before reply", rates, Bar("at_least", BAR_PER_S),
+            f"≥ {BAR_PER_S:,}/s", baseline=median(bares), baseline_text="bare tornado 204, its best, same load",
+            digits=0, notes=[note, "each repetition: " + " | ".join(seen)]),
+        Row(NAME, "relay / bare endpoint, throughput (best against best)", ratios, Bar("at_least", BAR_RATIO),
+            f"≥ {BAR_RATIO}×", digits=2),
         Row(NAME, "CPU per heartbeat flat out, µs (HTTP + writer processes)", cpus, Bar("report"), "reported",
             baseline=median(bare_cpus), baseline_text="bare tornado, CPU per request", digits=0,
-            notes=["CPU per request: user + system time of the server's processes over the flat-out run (/proc), "
-                   "per request answered; the writer's includes delivering to the stand-in; the load generator "
-                   "and the stand-in share the same cores and are not counted"]),
-        Row(NAME, f"p50 latency at {PACED_RATE} req/s, ms", p50s, Bar("report"), "reported", digits=2),
-        Row(NAME, f"p99 latency at {PACED_RATE} req/s, ms", p99s, Bar("report"), "reported", digits=2),
+            notes=["CPU per request: user + system time of the server's processes over the flat-out load it did "
+                   "best at (/proc), per request answered; the writer's includes delivering to the stand-in; the "
+                   "load generator and the stand-in share the same cores and are not counted"]),
+        Row(NAME, f"p50 latency at {PACED_RATE} req/s ({PACED_CLIENTS} clients), ms", p50s, Bar("report"), "reported",
+            digits=2),
+        Row(NAME, f"p99 latency at {PACED_RATE} req/s ({PACED_CLIENTS} clients), ms", p99s, Bar("report"), "reported",
+            digits=2),
     ]
