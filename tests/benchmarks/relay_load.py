@@ -1,6 +1,7 @@
-"""A load generator for the relay-ingest benchmark: keep-alive HTTP/1.1 connections on raw
-asyncio sockets (cheap enough to leave most of the CPU to the server under test), each one a
-student streaming heartbeat windows of its own run.
+"""A load generator for the relay-ingest benchmark: keep-alive HTTP/1.1 connections driven by
+asyncio protocols (no stream objects: the generator shares the server's two cores, so every
+microsecond it spends is one the server under test does not get), each one a student
+streaming heartbeat windows of its own run.
 
     python -m tests.benchmarks.relay_load PORT PATH SECONDS RATE SPEC.json  -> JSON on stdout
 
@@ -16,18 +17,19 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from timeback_nb.clock import iso_utc_ms
 
 WINDOW_MS = 15_000
+HEAD_END = b"\r\n\r\n"
 
 
-def _request(host: str, path: str, token: str, run: str, index: int, t0: int) -> bytes:
-    start = t0 + index * WINDOW_MS
+def _request(host: str, path: str, token: str, run: str, window: tuple[str, str]) -> bytes:
+    started_at, ended_at = window
     body = (
         '{"id":"week-3","name":"Week 3: Linear functions","course":{"subject":"Math","grade":8},'
-        f'"runId":"{run}","startedAt":"{iso_utc_ms(start)}","endedAt":"{iso_utc_ms(start + WINDOW_MS)}",'
-        '"elapsedMs":13500,"pausedMs":1500}'
+        f'"runId":"{run}","startedAt":"{started_at}","endedAt":"{ended_at}","elapsedMs":13500,"pausedMs":1500}}'
     ).encode()
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: token {token}\r\n"
@@ -36,56 +38,109 @@ def _request(host: str, path: str, token: str, run: str, index: int, t0: int) ->
     return head + body
 
 
-async def _read_reply(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
+def _content_length(head: bytes) -> int:
     for line in head.split(b"\r\n"):
         if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    if length:
-        await reader.readexactly(length)
-    return status
+            return int(line[15:])
+    return 0
 
 
-async def _main(port: int, path: str, seconds: float, rate: float, spec: dict) -> dict:
-    host = f"127.0.0.1:{port}"
-    clients = spec["clients"]
-    statuses: dict[int, int] = {}
-    latencies: list[float] = []
-    started = time.perf_counter()
-    deadline = started + seconds
-    interval = len(clients) / rate if rate else 0.0
+class _Load:
+    """What all connections share: the schedule and what was measured."""
 
-    async def connection(slot: int, client: dict) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        index = 0
-        due = started + slot / rate if rate else started
-        try:
-            while True:
-                if rate:
-                    wait = due - time.perf_counter()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                sent = due if rate else time.perf_counter()
-                if sent >= deadline:
-                    return
-                writer.write(_request(host, path, client["token"], client["run"], index, spec["t0"]))
-                status = await _read_reply(reader)
-                latencies.append(time.perf_counter() - sent)
-                statuses[status] = statuses.get(status, 0) + 1
-                index += 1
-                due += interval
-        finally:
-            writer.close()
+    def __init__(self, host: str, path: str, seconds: float, rate: float, spec: dict[str, Any]) -> None:
+        self.host, self.path, self.t0 = host, path, spec["t0"]
+        self.started = time.perf_counter()
+        self.deadline = self.started + seconds
+        self.rate = rate
+        self.interval = len(spec["clients"]) / rate if rate else 0.0
+        self.statuses: dict[int, int] = {}
+        self.latencies: list[float] = []
+        self.open = len(spec["clients"])
+        self.done = asyncio.get_running_loop().create_future()
+        self._windows: list[tuple[str, str]] = []  # window i of every run: the same times
 
-    await asyncio.gather(*(connection(i, c) for i, c in enumerate(clients)))
-    took = time.perf_counter() - started
-    latencies.sort()
+    def request(self, client: dict[str, str], index: int) -> bytes:
+        while len(self._windows) <= index:
+            start = self.t0 + len(self._windows) * WINDOW_MS
+            self._windows.append((iso_utc_ms(start), iso_utc_ms(start + WINDOW_MS)))
+        return _request(self.host, self.path, client["token"], client["run"], self._windows[index])
+
+    def finished(self) -> None:
+        self.open -= 1
+        if self.open == 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+class _Student(asyncio.Protocol):
+    """One keep-alive connection: a request, its reply, the next request (now, or when due)."""
+
+    def __init__(self, load: _Load, slot: int, client: dict[str, str]) -> None:
+        self.load = load
+        self.client = client
+        self.index = 0
+        self.due = load.started + slot / load.rate if load.rate else load.started
+        self.sent = 0.0
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._next()
+
+    def _next(self) -> None:
+        load = self.load
+        if load.rate:
+            wait = self.due - time.perf_counter()
+            if wait > 0:
+                asyncio.get_running_loop().call_later(wait, self._send)
+                return
+        self._send()
+
+    def _send(self) -> None:
+        load = self.load
+        self.sent = self.due if load.rate else time.perf_counter()
+        if self.sent >= load.deadline:
+            assert self.transport is not None
+            self.transport.close()
+            return
+        assert self.transport is not None
+        self.transport.write(load.request(self.client, self.index))
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(HEAD_END)
+        if end < 0:
+            return
+        size = end + len(HEAD_END) + _content_length(self.buffer[:end])
+        if len(self.buffer) < size:
+            return
+        status = int(self.buffer[9:12])
+        self.buffer = self.buffer[size:]
+        load = self.load
+        load.latencies.append(time.perf_counter() - self.sent)
+        load.statuses[status] = load.statuses.get(status, 0) + 1
+        self.index += 1
+        self.due += load.interval
+        self._next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.load.finished()
+
+
+async def _main(port: int, path: str, seconds: float, rate: float, spec: dict[str, Any]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    load = _Load(f"127.0.0.1:{port}", path, seconds, rate, spec)
+    for slot, client in enumerate(spec["clients"]):
+        await loop.create_connection(lambda slot=slot, client=client: _Student(load, slot, client), "127.0.0.1", port)
+    await load.done
+    took = time.perf_counter() - load.started
+    latencies = sorted(load.latencies)
     return {
         "requests": len(latencies),
         "seconds": took,
-        "statuses": statuses,
+        "statuses": load.statuses,
         "p50_ms": latencies[len(latencies) // 2] * 1000 if latencies else None,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else None,
     }
