@@ -6,16 +6,19 @@ baseline is tornado answering 204 to the same requests with no work, in the same
 by the same load generator (a separate process).
 
 Throughput is a server's capacity: each server is loaded flat out by 32, 64, 128 and 256
-keep-alive clients in turn, and its best is its throughput (the ratio is best against best).
-The two peak at different concurrencies: tornado's cost per request grows with its
-connections, while the relay's falls, since more waiting clients fill its group commits. At
-any one count the comparison would favour one of them; every count's result is in the notes.
+keep-alive clients, and its best is its throughput (the ratio is best against best). The two
+peak at different concurrencies: tornado's cost per request grows with its connections, while
+the relay's falls, since more waiting clients fill its group commits. At any one count the
+comparison would favour one of them; every count's result is in the notes. The two servers
+run side by side and take each count's load one right after the other, so that the machine's
+changes of speed (this is a shared VM) fall on both alike.
 
 Correctness, checked afterwards in the relay's store: one outbox row per 204, none twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,7 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 
@@ -135,57 +138,76 @@ class FlatOut:
         return max(self.rates, key=self.rates.__getitem__)
 
 
-def _flat_out(port: int, seconds: float, specs: dict[int, Path], server: subprocess.Popen[bytes]) -> FlatOut:
-    """Each flat-out load in turn (every reply checked to be 204) with the server's CPU per
-    request over it."""
-    flat = FlatOut({}, {}, 0)
-    for count, spec in specs.items():
-        before = _cpu_s(server.pid)
-        result = _load(port, seconds, 0, spec)
+class _Server:
+    """A server under load: its port and process, and what each flat-out load measured."""
+
+    def __init__(self, port: int, process: subprocess.Popen[bytes]) -> None:
+        self.port = port
+        self.process = process
+        self.flat = FlatOut({}, {}, 0)
+
+    def flat_out(self, count: int, seconds: float, spec: Path) -> None:
+        """One flat-out load (every reply checked to be 204) with the server's CPU per request
+        over it."""
+        before = _cpu_s(self.process.pid)
+        result = _load(self.port, seconds, 0, spec)
         assert result["statuses"] == {"204": result["requests"]}, result
-        flat.rates[count] = result["requests"] / result["seconds"]
-        flat.cpus[count] = (_cpu_s(server.pid) - before) / max(result["requests"], 1) * 1e6
-        flat.requests += result["requests"]
-    return flat
+        self.flat.rates[count] = result["requests"] / result["seconds"]
+        self.flat.cpus[count] = (_cpu_s(self.process.pid) - before) / max(result["requests"], 1) * 1e6
+        self.flat.requests += result["requests"]
 
 
-def bare(folder: Path, seconds: float) -> FlatOut:
+@contextlib.contextmanager
+def _bare_server(folder: Path) -> Iterator[_Server]:
     port = _free_port()
     process = _spawn([sys.executable, "-m", "tests.benchmarks.bare_endpoint", str(port)], _env(),
                      _http_ready(f"http://127.0.0.1:{port}{PATH}"), folder / "bare.log")
     try:
-        return _flat_out(port, seconds, {n: _spec(folder, 0, n)[0] for n in CLIENT_COUNTS}, process)
+        yield _Server(port, process)
     finally:
         _stop(process)
 
 
-def relay(folder: Path, seconds: float) -> tuple[FlatOut, dict[str, Any]]:
-    """The flat-out loads (CPU per request: the relay's two processes) and the paced run's
-    result."""
+@contextlib.contextmanager
+def _relay_server(folder: Path, store: Path, students: list[dict[str, str]]) -> Iterator[_Server]:
+    """`timeback-nb relay` standalone, `students` in its tokens and users files, delivering to
+    a loopback Caliper stand-in."""
     port = _free_port()
-    t0 = time.time_ns() // 1_000_000 - 24 * 3_600_000  # windows far enough back for any run length
-    specs = {n: _spec(folder, t0, n) for n in CLIENT_COUNTS}
-    paced_spec, paced = _spec(folder, t0, PACED_CLIENTS)
-    everyone = [c for _, spec in specs.values() for c in spec["clients"]] + paced["clients"]
-    (folder / "tokens.json").write_text(json.dumps({c["token"]: {"name": f"s{i}"} for i, c in enumerate(everyone)}))
-    (folder / "users.json").write_text(json.dumps({f"s{i}": {"email": f"s{i}@school.edu", "id": f"u-{i}"} for i in range(len(everyone))}))
+    (folder / "tokens.json").write_text(json.dumps({c["token"]: {"name": f"s{i}"} for i, c in enumerate(students)}))
+    (folder / "users.json").write_text(json.dumps({f"s{i}": {"email": f"s{i}@school.edu", "id": f"u-{i}"} for i in range(len(students))}))
     (folder / "timeback.config.json").write_text(json.dumps(CONFIG))
-    store = folder / f"relay-{uuid.uuid4().hex[:6]}.sqlite"
     with LoopbackServer() as caliper:
         env = {**_env(), **caliper_env(caliper), "TIMEBACK_CONFIG": str(folder / "timeback.config.json")}
         command = [sys.executable, "-m", "timeback_nb.relay", "--port", str(port), "--store", str(store),
                    "--tokens", str(folder / "tokens.json"), "--users", str(folder / "users.json"), "--log-level", "WARNING"]
         process = _spawn(command, env, _http_ready(f"http://127.0.0.1:{port}/api/timeback/health"), folder / "relay.log")
         try:
-            flat = _flat_out(port, seconds, {n: path for n, (path, _) in specs.items()}, process)
-            steady = _load(port, seconds, PACED_RATE, paced_spec)
+            yield _Server(port, process)
         finally:
             _stop(process)
+
+
+def measure(folder: Path, seconds: float, *, first_relay: bool) -> tuple[FlatOut, FlatOut, dict[str, Any]]:
+    """(the relay's flat-out loads, the bare endpoint's, the relay's paced run). Both servers
+    run side by side (the idle one costs nothing) and each client count loads one right after
+    the other, in turns, so that a change in the machine's speed weighs on both alike."""
+    t0 = time.time_ns() // 1_000_000 - 24 * 3_600_000  # windows far enough back for any run length
+    specs = {n: _spec(folder, t0, n) for n in CLIENT_COUNTS}
+    paced_spec, paced = _spec(folder, t0, PACED_CLIENTS)
+    students = [c for _, spec in specs.values() for c in spec["clients"]] + paced["clients"]
+    store = folder / f"relay-{uuid.uuid4().hex[:6]}.sqlite"
+    with _relay_server(folder, store, students) as relay, _bare_server(folder) as bare:
+        for turn, count in enumerate(CLIENT_COUNTS):
+            spec = specs[count][0]
+            relay_first = first_relay == (turn % 2 == 0)
+            for server in (relay, bare) if relay_first else (bare, relay):
+                server.flat_out(count, seconds, spec)  # the bare endpoint ignores the students' ids
+        steady = _load(relay.port, seconds, PACED_RATE, paced_spec)
     assert steady["statuses"] == {"204": steady["requests"]}, steady
     with sqlite3.connect(store) as db:
         rows, distinct = db.execute("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM outbox").fetchone()
-    assert rows == distinct == flat.requests + steady["requests"], (rows, distinct, flat, steady)
-    return flat, steady
+    assert rows == distinct == relay.flat.requests + steady["requests"], (rows, distinct, relay.flat, steady)
+    return relay.flat, bare.flat, steady
 
 
 def _at_each(flat: FlatOut) -> str:
@@ -199,8 +221,7 @@ def run(quick: bool) -> list[Row]:
         for rep in range(reps):
             folder = Path(tmp) / f"rep{rep}"
             folder.mkdir()
-            baseline = bare(folder, seconds)
-            flat, steady = relay(folder, seconds)
+            flat, baseline, steady = measure(folder, seconds, first_relay=rep % 2 == 1)
             rate, bare_rate = flat.rates[flat.best], baseline.rates[baseline.best]
             bares.append(bare_rate)
             bare_cpus.append(baseline.cpus[baseline.best])
@@ -214,8 +235,9 @@ def run(quick: bool) -> list[Row]:
                   f"bare tornado {_at_each(baseline)} ({bare_cpus[-1]:.0f} µs), at {PACED_RATE}/s "
                   f"p50 {steady['p50_ms']:.2f} ms p99 {steady['p99_ms']:.2f} ms", file=sys.stderr, flush=True)
     counts = ", ".join(str(n) for n in CLIENT_COUNTS)
-    note = (f"flat out with {counts} keep-alive clients in turn, each a student streaming its own run; a "
-            "server's throughput is its best of those; every 204 followed a durable (fsynced) commit of the "
+    note = (f"flat out with {counts} keep-alive clients, each a student streaming its own run; the relay and "
+            "the bare endpoint take each count in turns, seconds apart; a server's throughput is its best of "
+            "those; every 204 followed a durable (fsynced) commit of the "
             "event to the relay's outbox by its writer process (group commit); store checked: one row per "
             "204, no id twice")
     return [
