@@ -103,18 +103,19 @@ class InProcessRelay:
     def post_as_one_group(self, requests: list[tuple[str, Any, str]]) -> list[tuple[int, Any]]:
         """Post `(route, body, token)` requests so the writer commits them as one group: it is
         stopped while they queue, then started again."""
-        self.relay.journal.stop()
-        groups = self.relay.journal.groups
+        thread = self.relay.writer.thread  # type: ignore[union-attr]  # in process: a GroupThread
+        thread.stop()
+        groups = thread.groups
         pending = []
         for route, body, token in requests:
             handler = self.relay.heartbeat if route == "heartbeat" else self.relay.submit
             pending.append(asyncio.run_coroutine_threadsafe(handler(f"token {token}", json.dumps(body).encode()), self.loop))
         deadline = time.monotonic() + 10
-        while self.relay.journal.queued() < len(requests) and time.monotonic() < deadline:
+        while thread.queued() < len(requests) and time.monotonic() < deadline:
             time.sleep(0.005)
-        self.relay.journal.start()
+        thread.start()
         replies = [future.result(30) for future in pending]
-        assert self.relay.journal.groups == groups + 1, "the requests were not committed as one group"
+        assert thread.groups == groups + 1, "the requests were not committed as one group"
         return replies
 
     def restart(self) -> None:

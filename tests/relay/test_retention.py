@@ -88,12 +88,12 @@ def test_a_pass_removes_old_delivered_events_windows_and_runs_and_keeps_queued_a
     assert relay.post("submit", submit_body(completed, t0 - 3_600_000))[0] == 204
     store = relay.relay.store
     wait_until(lambda: store.counts()["delivered"] == 6, 10, "the local transport's deliveries")
-    relay.relay.side.sender.stop()
+    relay.relay.writer.side.sender.stop()
     store.enqueue("queued-long-ago", "time", old, "{}")
     store.park("rejected-long-ago", "time", old, "{}", "[400] shown to operators")
 
     relay.now = t0 + WEEK_MS + MARGIN_MS + 30_000  # the pruning horizon is now t0 + 30 s
-    pruner = relay.relay.side.pruner
+    pruner = relay.relay.writer.side.pruner
     pruner.chunk = 2
     pruned = pruner.prune()
 
@@ -122,7 +122,7 @@ def test_before_the_horizon_nothing_is_removed(relay: InProcessRelay) -> None:
     assert relay.post("heartbeat", heartbeat_body(run, t0 - 60_000))[0] == 204
     wait_until(lambda: relay.relay.store.counts()["delivered"] == 1, 10, "the delivery")
     relay.now = t0 + WEEK_MS + MARGIN_MS - 60_000  # everything is just inside the retention + margin
-    pruned = relay.relay.side.pruner.prune()
+    pruned = relay.relay.writer.side.pruner.prune()
     assert (pruned.outbox, pruned.windows, pruned.runs) == (0, 0, 0)
     assert _relay_tables(relay.relay.store) == ({run}, {(run, t0 - 60_000)})
 
@@ -137,7 +137,7 @@ def test_a_completion_stamped_ahead_of_the_relay_is_still_a_duplicate_a_retentio
     assert relay.post("submit", submit_body(run, ahead)) == (204, None)
     wait_until(lambda: relay.relay.store.counts()["delivered"] == 1, 10, "the delivery")
     relay.now = ahead + WEEK_MS  # the last moment the age check lets it through
-    relay.relay.side.pruner.prune()
+    relay.relay.writer.side.pruner.prune()
     assert relay.post("submit", submit_body(run, ahead)) == (200, {"duplicate": True})
     assert len(relay.outbox()) == 1
 

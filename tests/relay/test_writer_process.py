@@ -64,7 +64,7 @@ async def _post_all(relay: Relay, bodies: list[bytes]) -> list[Any]:
 
 
 def _writer_pid(relay: Relay) -> int:
-    process = relay.writer._process  # type: ignore[union-attr]
+    process = relay.writer.process._process  # type: ignore[union-attr]
     assert process is not None
     return process.pid
 
@@ -145,13 +145,13 @@ def test_a_writer_that_cannot_read_its_stream_stops_and_the_next_request_gets_a_
 ) -> None:
     relay = start_relay()
     broken = _writer_pid(relay)
-    assert relay.writer is not None and relay.writer.socket is not None
-    relay.writer.socket.send(writer.HEADER.pack(5) + b"junk!")  # a frame nothing can unpickle
+    assert isinstance(relay.writer, link.WriterLink) and relay.writer.process.socket is not None
+    relay.writer.process.socket.send(writer.HEADER.pack(5) + b"junk!")  # a frame nothing can unpickle
 
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and relay.writer._process.poll() is None:  # type: ignore[union-attr]
+    while time.monotonic() < deadline and relay.writer.process._process.poll() is None:  # type: ignore[union-attr]
         time.sleep(0.05)
-    assert relay.writer._process.poll() is not None, "the writer waits for a builder that is gone"  # type: ignore[union-attr]
+    assert relay.writer.process._process.poll() is not None, "the writer waits for a builder that is gone"  # type: ignore[union-attr]
 
     async def scenario() -> list[Any]:
         first = await relay.heartbeat("token tok-alice", _windows(1)[0])
@@ -165,12 +165,12 @@ def test_the_writer_says_whether_a_students_window_was_accepted(start_relay: Cal
     relay, body = start_relay(), _windows(1)[0]
     window = json.loads(body)
     run, start = window["runId"], iso_to_epoch_ms(window["startedAt"])
-    assert isinstance(relay.journal, link.WriterLink)
+    assert isinstance(relay.writer, link.WriterLink)
 
     async def scenario() -> list[Any]:
-        before = await relay.journal.has_window("alice", run, start)
+        before = await relay.writer.has_window("alice", run, start)
         assert await relay.heartbeat("token tok-alice", body) == (204, None)
-        return [before, await relay.journal.has_window("alice", run, start),
-                await relay.journal.has_window("bob", run, start), await relay.journal.has_window("alice", run, start + 1)]
+        return [before, await relay.writer.has_window("alice", run, start),
+                await relay.writer.has_window("bob", run, start), await relay.writer.has_window("alice", run, start + 1)]
 
     assert _run(relay, scenario()) == [False, True, False, False]

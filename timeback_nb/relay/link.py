@@ -120,8 +120,10 @@ class WriterProcess:
 
 
 class WriterLink:
-    """The event loop's side of the writer: `await link.commit(wire)` → the request's result once
-    its group is durable; `await link.status()`, `await link.has_window(...)`; `await link.close()`.
+    """The event loop's side of the writer: `start()` starts its process; `await
+    link.commit(wire)` → the request's result once its group is durable; `await link.status()`,
+    `await link.has_window(...)`; `await link.close()` after the last request, then `stop()`.
+    (`writer.InProcessWriter` has the same interface.)
 
     Requests are streamed to the writer as they are read, a message every `STREAM_EVERY`
     requests or at the end of the loop's pass, without waiting for the groups before them;
@@ -135,7 +137,7 @@ class WriterLink:
     STREAM_EVERY = 4
 
     def __init__(self, process: WriterProcess) -> None:
-        self._process = process
+        self.process = process
         self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
         # Per message sent, in order: what it expects back, the futures of its requests (a
@@ -147,6 +149,13 @@ class WriterLink:
         self._restart = False  # the writer was lost: the next connection needs a new one
         self._closing = False
         self._deadline: asyncio.TimerHandle | None = None
+
+    def start(self) -> WriterLink:
+        self.process.start()
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
 
     async def commit(self, wire: tuple[Any, ...]) -> Result:
         loop = asyncio.get_running_loop()
@@ -226,9 +235,9 @@ class WriterLink:
     async def _reconnect(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            sock = self._process.socket
+            sock = self.process.socket
             if sock is None or self._restart:  # the writer is gone: a new one, started off the loop
-                sock = await loop.run_in_executor(None, self._process.restart)
+                sock = await loop.run_in_executor(None, self.process.restart)
                 self._restart = False
             reader, self._stream = await asyncio.open_connection(sock=sock)
             self._reader = loop.create_task(self._read(reader))

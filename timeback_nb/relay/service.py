@@ -5,12 +5,11 @@ Order per request, as the SDK's adapter (protocol reference §5.5, §5.6): ident
 token, parse, validate, resolve the course; then the relay's own checks (plausibility,
 run ownership, duplicates) and the durable commit; 204 only once the event is in the outbox.
 The commit, delivery and pruning happen in the writer process (`writer.py`, reached through
-`link.py`), or with `in_process=True` on threads of this one.
+`link.WriterLink`), or with `in_process=True` on threads of this one (`writer.InProcessWriter`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,12 +22,12 @@ from ..events import Target
 from ..store import Store
 from .adapter import AdapterError, CourseResolver, Heartbeat, parse_body, validate_heartbeat, validate_submit
 from .identity import Directory, FileTokens, HubTokens, TokenResolver, bearer_token
-from .journal import ACCEPTED, CompletionItem, GroupThread, Item, Result, TimeItem
+from .journal import ACCEPTED, CompletionItem, Item, Result, TimeItem
 from .lock import StoreLock
 from .plausibility import check_age, check_not_future, check_window
 from .retention import DEFAULT_RETENTION_DAYS, retention_ms, validate_retention_days
 from .link import WriterLink, WriterProcess
-from .writer import StoreSide, wire_item
+from .writer import InProcessWriter, StoreSide, wire_item
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +72,9 @@ def hub_environment(environ: dict[str, str]) -> dict[str, str] | None:
 
 class Relay:
     """Everything the routes need; `start()` starts the writer (a process, or with `in_process`
-    the journal, sender and pruner on threads here); `await close()` on the serving loop once
-    it takes no more requests (the writer answers what it was sent), then `stop()`."""
+    the journal, sender and pruner on threads here: `writer`, either way); `await close()` on
+    the serving loop once it takes no more requests (the writer answers what it was sent), then
+    `stop()`."""
 
     def __init__(
         self, options: RelayOptions, *, wall_ms: Callable[[], int] | None = None, in_process: bool = False,
@@ -114,26 +114,22 @@ class Relay:
         store_path = options.store or self.settings.store_path
         # Before the store is touched: a second relay on this file stops here (see .lock).
         self.lock = StoreLock(store_path).acquire(wait=lock_wait)
-        self.side: StoreSide | None = None
-        self.writer: WriterProcess | None = None
-        self.journal: GroupThread | WriterLink
+        self.writer: InProcessWriter | WriterLink
         try:
             self.store = Store(store_path)  # here: the directory's cache of looked-up students
             self.directory = Directory.from_file(self.settings, self.store, options.users, options.email_template)
             if in_process:
-                self.side = StoreSide(
+                self.writer = InProcessWriter(StoreSide(
                     self.store, self.settings, batch=options.batch, max_parallel=options.max_parallel,
                     retention_days=retention_days, wall_ms=self._wall_ms,
-                )
-                self.journal = GroupThread(self.side.commit)
+                ))
             else:
                 config = {
                     "environ": environ, "store": str(store_path), "batch": options.batch,
                     "max_parallel": options.max_parallel, "retention_days": retention_days,
                     "log_level": logging.getLogger().getEffectiveLevel(),
                 }
-                self.writer = WriterProcess(config, pass_fds=self.lock.fds())  # it holds the lock too
-                self.journal = WriterLink(self.writer)
+                self.writer = WriterLink(WriterProcess(config, pass_fds=self.lock.fds()))  # it holds the lock too
         except BaseException:
             if hasattr(self, "store"):
                 self.store.close()
@@ -162,29 +158,16 @@ class Relay:
         return self.options.host, self.options.port
 
     def start(self) -> Relay:
-        if isinstance(self.journal, GroupThread):
-            assert self.side is not None
-            self.side.start()
-            self.journal.start()
-        else:
-            assert self.writer is not None
-            self.writer.start()
+        self.writer.start()
         return self
 
     async def close(self) -> None:
         """On the loop that served the requests, after the last one: the writer commits and
         answers what it was sent."""
-        if isinstance(self.journal, WriterLink):
-            await self.journal.close()
+        await self.writer.close()
 
     def stop(self) -> None:
-        if isinstance(self.journal, GroupThread):
-            self.journal.stop()
-        if self.writer is not None:
-            self.writer.stop()
-        else:
-            assert self.side is not None
-            self.side.stop()
+        self.writer.stop()
         self.store.close()
         self.lock.release()
 
@@ -230,11 +213,7 @@ class Relay:
     async def health(self) -> Reply:
         """No token needed, so nothing secret: modes and the writer's counts (see
         `StoreSide.status`); 503 when the writer process is not running."""
-        if isinstance(self.journal, WriterLink):
-            status = await self.journal.status()
-        else:
-            assert self.side is not None
-            status = self.side.status()
+        status = await self.writer.status()
         failed = "error" in status
         return (503 if failed else 200), {
             "status": "error" if failed else "ok",
@@ -256,14 +235,10 @@ class Relay:
             raise
 
     async def _has_window(self, name: str, beat: Heartbeat) -> bool:
-        run_id, start_ms = beat.window.run_id, beat.started_ms
-        if isinstance(self.journal, WriterLink):
-            return await self.journal.has_window(name, run_id, start_ms)
-        assert self.side is not None
-        return await asyncio.get_running_loop().run_in_executor(None, self.side.has_window, name, run_id, start_ms)
+        return await self.writer.has_window(name, beat.window.run_id, beat.started_ms)
 
     async def _commit(self, item: Item, raw: bytes) -> Result:
-        return await self.journal.commit(wire_item(item, raw))
+        return await self.writer.commit(wire_item(item, raw))
 
     async def _identify(self, authorization: str | None) -> str:
         token = bearer_token(authorization)

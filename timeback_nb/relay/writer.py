@@ -8,12 +8,13 @@ writer, one thread reads the requests the relay streams to it and builds their e
 the main thread commits the groups before them (SQLite lets go of the GIL while it writes and
 fsyncs); the main thread then commits every group that is ready as one transaction and
 answers each. The writer shares the HTTP process's store lock (see `lock.py`).
-`Relay(..., in_process=True)` runs the same `StoreSide` on threads of one process instead (a
-`GroupThread` feeds it): the in-process tests use it.
+`Relay(..., in_process=True)` runs the same `StoreSide` on threads of one process instead
+(`InProcessWriter`, where a `GroupThread` feeds it): the in-process tests use it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pickle
@@ -33,12 +34,12 @@ from ..errors import TimebackError
 from ..outbox import Sender, make_transport
 from ..store import Store
 from .adapter import AdapterError, parse_body, validate_heartbeat, validate_submit
-from .journal import CompletionItem, Item, Journal, Prepared, Result, TimeItem, prepare
+from .journal import CompletionItem, GroupThread, Item, Journal, Prepared, Result, TimeItem, prepare
 from .retention import Pruner
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HEADER", "StoreSide", "frame", "recv_message", "send_message", "wire_item"]
+__all__ = ["HEADER", "InProcessWriter", "StoreSide", "frame", "recv_message", "send_message", "wire_item"]
 
 HEADER = struct.Struct("!I")  # each message on the socketpair: its length, then the pickle
 
@@ -123,6 +124,37 @@ class StoreSide:
             "lastError": self.sender.last_error,
             "pruned": None if last is None else last.as_json(),
         }
+
+
+class InProcessWriter:
+    """`StoreSide` on threads of this process, behind `link.WriterLink`'s interface: `start()`,
+    `await commit(wire)`, `await status()`, `await has_window(...)`, `await close()`, `stop()`.
+    A `GroupThread` (`thread`) commits what the loop hands it in groups."""
+
+    def __init__(self, side: StoreSide) -> None:
+        self.side = side
+        self.thread = GroupThread(side.commit)
+
+    def start(self) -> InProcessWriter:
+        self.side.start()
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.thread.stop()
+        self.side.stop()
+
+    async def commit(self, wire: tuple[Any, ...]) -> Result:
+        return await self.thread.commit(wire)
+
+    async def status(self) -> dict[str, Any]:
+        return self.side.status()
+
+    async def has_window(self, user: str, run_id: str, start_ms: int) -> bool:
+        return await asyncio.get_running_loop().run_in_executor(None, self.side.has_window, user, run_id, start_ms)
+
+    async def close(self) -> None:
+        """Nothing to wait for: each request's commit was awaited by the request itself."""
 
 
 # -- the HTTP process's side -------------------------------------------------------------------
